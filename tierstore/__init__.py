@@ -1,0 +1,24 @@
+"""tierstore: huge embedding tables in three tiers (device, RAM, compressed disk).
+
+    import tierstore as ts
+    store = ts.create("table.ts", num_rows=10_000_000, dim=128)
+    rows = store.lookup(ids)
+"""
+from .api import create, open
+from .codecs import Codec, Int8Codec, RawCodec, ZstdCodec, get_codec
+from .config import StoreConfig
+from .errors import (ClosedStoreError, ConfigError, CorruptRowError, CorruptStoreError,
+                     DiskFullError, FormatVersionError, IdOutOfRangeError, IdTypeError,
+                     NonFiniteRowError, NotAStoreError, ReadOnlyError, RowShapeError,
+                     StoreLockedError, TierstoreError)
+from .store import CheckReport, Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "create", "open", "Store", "StoreConfig", "CheckReport",
+    "Codec", "RawCodec", "ZstdCodec", "Int8Codec", "get_codec",
+    "TierstoreError", "IdOutOfRangeError", "IdTypeError", "RowShapeError", "NonFiniteRowError",
+    "ReadOnlyError", "ClosedStoreError", "ConfigError", "NotAStoreError", "FormatVersionError",
+    "CorruptRowError", "CorruptStoreError", "StoreLockedError", "DiskFullError",
+]

@@ -1,0 +1,68 @@
+"""Store configuration: a frozen, validated dataclass."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .codecs import Codec, get_codec
+from .errors import ConfigError
+
+POLICIES = ("adaptive", "wtinylfu", "lru", "lfu")
+DTYPES = ("float16", "float32", "float64")
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """How a store is cached and encoded.
+
+    ``device_rows`` and ``ram_rows`` are the capacities of the hot and warm
+    tiers; every row also lives on disk. ``policy`` picks who stays in memory:
+    ``"adaptive"`` (W-TinyLFU whose window is sized by hill climbing, the
+    default), ``"wtinylfu"`` (fixed 1% window), ``"lru"`` or ``"lfu"``.
+    ``codec`` is a codec name (``"raw"``, ``"zstd"``, ``"int8"``), a config
+    dict, or a :class:`~tierstore.codecs.Codec`; it only matters when a store
+    is created, since an existing store keeps its own codec.
+    The LMDB map starts at ``map_size`` bytes and doubles when full, up to
+    ``max_map_size`` (``None``: no ceiling but the disk).
+    """
+
+    device_rows: int = 1 << 14
+    ram_rows: int = 1 << 18
+    device: str = "cpu"
+    codec: Codec | str | dict = "raw"
+    policy: str = "adaptive"
+    map_size: int = 1 << 28
+    max_map_size: int | None = None
+    allow_nonfinite: bool = False
+    sketch_width: int | None = None
+    codec_obj: Codec = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        for name in ("device_rows", "ram_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative int, got {value!r}")
+        if self.device_rows + self.ram_rows < 1:
+            raise ConfigError("device_rows + ram_rows must be at least 1")
+        if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
+            raise ConfigError(f"device must be 'cpu' or 'cuda[:n]', got {self.device!r}")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if isinstance(self.map_size, bool) or not isinstance(self.map_size, int) or self.map_size < (1 << 20):
+            raise ConfigError(f"map_size must be an int of at least 1 MiB, got {self.map_size!r}")
+        if self.max_map_size is not None and (
+            not isinstance(self.max_map_size, int) or self.max_map_size < self.map_size
+        ):
+            raise ConfigError(
+                f"max_map_size must be None or an int >= map_size, got {self.max_map_size!r}"
+            )
+        if self.sketch_width is not None and (
+            not isinstance(self.sketch_width, int) or self.sketch_width < 16
+        ):
+            raise ConfigError(f"sketch_width must be None or an int >= 16, got {self.sketch_width!r}")
+        object.__setattr__(self, "codec_obj", get_codec(self.codec))
+
+    @property
+    def memory_rows(self) -> int:
+        return self.device_rows + self.ram_rows

@@ -1,0 +1,68 @@
+"""Every error tierstore raises.
+
+Each class also derives from the builtin a caller would naturally catch, so
+``except IndexError`` or ``except ValueError`` keeps working.
+"""
+from __future__ import annotations
+
+
+class TierstoreError(Exception):
+    """Base class of every tierstore error."""
+
+
+class IdOutOfRangeError(TierstoreError, IndexError):
+    """A row id lies outside ``[0, num_rows)``."""
+
+
+class IdTypeError(TierstoreError, TypeError):
+    """Row ids are not integers."""
+
+
+class RowShapeError(TierstoreError, ValueError):
+    """Rows have the wrong shape or dtype for the store or the ids."""
+
+
+class NonFiniteRowError(TierstoreError, ValueError):
+    """A row holds NaN or Inf where the config forbids it."""
+
+
+class ReadOnlyError(TierstoreError, PermissionError):
+    """A write was attempted on a store opened read-only."""
+
+
+class ClosedStoreError(TierstoreError, ValueError):
+    """The store was used after ``close()``."""
+
+
+class ConfigError(TierstoreError, ValueError):
+    """A configuration value is invalid, or contradicts the store on disk."""
+
+
+class NotAStoreError(TierstoreError, ValueError):
+    """The path holds no tierstore, or something else entirely."""
+
+
+class FormatVersionError(TierstoreError, ValueError):
+    """The store was written by a newer, unknown format version."""
+
+
+class CorruptRowError(TierstoreError, ValueError):
+    """A stored row failed its checksum or could not be decoded."""
+
+    def __init__(self, row_ids, reason: str = "checksum mismatch"):
+        self.row_ids = [int(r) for r in row_ids]
+        shown = ", ".join(str(r) for r in self.row_ids[:10])
+        more = f" (+{len(self.row_ids) - 10} more)" if len(self.row_ids) > 10 else ""
+        super().__init__(f"corrupt row {shown}{more}: {reason}")
+
+
+class CorruptStoreError(TierstoreError, ValueError):
+    """Store metadata is damaged."""
+
+
+class StoreLockedError(TierstoreError, BlockingIOError):
+    """Another process holds the store open for writing."""
+
+
+class DiskFullError(TierstoreError, OSError):
+    """The disk or the configured map ceiling left no room for a write."""

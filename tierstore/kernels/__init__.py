@@ -1,0 +1,4 @@
+"""numba kernels over plain arrays: no Python objects, no exceptions.
+
+Callers validate at the public edge; kernels trust their inputs.
+"""

@@ -1,0 +1,72 @@
+"""Decoding and framing kernels for the disk tier's values."""
+import numpy as np
+from numba import njit
+
+
+def _crc_table():
+    table = np.zeros(256, dtype=np.uint32)
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (0xEDB88320 ^ (c >> 1)) if c & 1 else c >> 1
+        table[n] = c
+    return table
+
+
+CRC_TABLE = _crc_table()
+
+
+@njit(cache=True)
+def crc32_update(crc, buf, start, stop):
+    """zlib's CRC-32 continued over ``buf[start:stop]``."""
+    c = np.uint32(crc) ^ np.uint32(0xFFFFFFFF)
+    for k in range(start, stop):
+        c = CRC_TABLE[(c ^ np.uint32(buf[k])) & np.uint32(0xFF)] ^ (c >> np.uint32(8))
+    return c ^ np.uint32(0xFFFFFFFF)
+
+
+@njit(cache=True)
+def verify_frames(keybuf, buf, starts, stops, ok):
+    """Check each value's trailing CRC-32 of (key, payload); strip it from ``stops``.
+
+    Value ``i`` is ``buf[starts[i]:stops[i]]`` and its 8-byte key is
+    ``keybuf[8*i:8*i+8]``. On return ``stops[i]`` ends the payload.
+    """
+    for i in range(len(starts)):
+        if stops[i] - starts[i] < 4:
+            ok[i] = False
+            continue
+        end = stops[i] - 4
+        c = crc32_update(0, keybuf, 8 * i, 8 * i + 8)
+        c = crc32_update(c, buf, starts[i], end)
+        stored = (np.uint32(buf[end]) | (np.uint32(buf[end + 1]) << np.uint32(8))
+                  | (np.uint32(buf[end + 2]) << np.uint32(16)) | (np.uint32(buf[end + 3]) << np.uint32(24)))
+        ok[i] = stored == c
+        stops[i] = end
+
+
+@njit(cache=True)
+def decode_raw_rows(buf, starts, stops, out, ok):
+    width = out.shape[1]
+    for i in range(len(starts)):
+        if stops[i] - starts[i] != width:
+            ok[i] = False
+            continue
+        out[i, :] = buf[starts[i]:stops[i]]
+        ok[i] = True
+
+
+@njit(cache=True)
+def decode_int8_rows(buf, starts, stops, out, ok):
+    """Payload: float32 scale (little-endian), then one int8 per element."""
+    dim = out.shape[1]
+    for i in range(len(starts)):
+        s = starts[i]
+        if stops[i] - s != 4 + dim:
+            ok[i] = False
+            continue
+        scale = buf[s:s + 4].copy().view(np.float32)[0]
+        q = buf[s + 4:s + 4 + dim].view(np.int8)
+        for j in range(dim):
+            out[i, j] = np.float32(q[j]) * scale
+        ok[i] = True

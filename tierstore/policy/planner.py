@@ -1,0 +1,205 @@
+"""One batch of lookups, planned: who hits, who enters memory, who leaves, who moves.
+
+``plan_batch`` changes only bookkeeping; it returns the data movement the
+tiers must then carry out, in this order:
+
+1. write back the rows of dirty evicted entries (read from their slots
+   before anything is overwritten);
+2. copy each freshly admitted row (``fresh``) from the batch's rows into
+   its slot ``aslot``;
+3. for each promotion ``k``: copy the demoted device row at ``sw_to[k]`` to
+   RAM slot ``sw_from[k]`` (when ``sw_has_y[k]``), then the promoted row
+   (batch row ``sw_u[k]``) into device slot ``sw_to[k]``.
+
+Phase one processes the batch's unique ids in order exactly as a sequential
+cache would (hits, admissions, evictions, hill climbing). Phase two places
+rows: a batch row left in a RAM slot is promoted into a free device slot, or
+swapped with a sampled device row whose sketch estimate is lower. No slot
+takes part in two swaps of one batch, so step 3 is a set of disjoint copies.
+"""
+import numpy as np
+from numba import njit
+
+from ..kernels.batch import dedupe
+from ..kernels.sketch import sketch_estimate, sketch_increment
+from ..kernels.slotmap import slotmap_delete, slotmap_get, slotmap_put
+from .queries import probe_slots
+from .residency import on_hit, on_insert, on_remove, pick_victim, record_access
+from .state import (ADMISSIONS, CAPACITY, DEMOTIONS, DEVICE_HAND, DEVICE_HITS, DEVICE_ROWS,
+                    DEVICE_SAMPLE, EPOCH, EVICTIONS, FREE_DEVICE, FREE_RAM, MISSES, PROMOTIONS,
+                    RAM_HITS, USED, WRITEBACKS)
+
+MAX_COUNT = 255
+
+
+@njit(cache=True)
+def _take_free_slot(meta, free_device, free_ram):
+    if meta[FREE_DEVICE] > 0:
+        meta[FREE_DEVICE] -= 1
+        return np.int64(free_device[meta[FREE_DEVICE]])
+    meta[FREE_RAM] -= 1
+    return np.int64(free_ram[meta[FREE_RAM]])
+
+
+@njit(cache=True)
+def _count_start_tier(meta, start, count):
+    if start < 0:
+        meta[MISSES] += count
+    elif start < meta[DEVICE_ROWS]:
+        meta[DEVICE_HITS] += count
+    else:
+        meta[RAM_HITS] += count
+
+
+@njit(cache=True)
+def _admit_and_evict(st, uniq, counts, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty):
+    meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
+        heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state = st
+    epoch = meta[EPOCH]
+    n_ev = 0
+    for u in range(len(uniq)):
+        key = uniq[u]
+        c = counts[u]
+        _count_start_tier(meta, start_slot[u], c)
+        for _ in range(min(c, MAX_COUNT)):
+            sketch_increment(sketch, sketch_state, key)
+        e = slotmap_get(keys, vals, key)
+        if e >= 0:
+            on_hit(st, e, c)
+            record_access(st, True, c)
+        else:
+            if meta[USED] < meta[CAPACITY]:
+                e = meta[USED]
+                meta[USED] += 1
+                p = _take_free_slot(meta, free_device, free_ram)
+                phys[e] = p
+                owner[p] = e
+            else:
+                e = pick_victim(st)
+                on_remove(st, e)
+                slotmap_delete(keys, vals, entry_id[e])
+                meta[EVICTIONS] += 1
+                if seen[e] == epoch:
+                    aslot[batch_pos[e]] = -1
+                if born[e] != epoch:
+                    ev_id[n_ev] = entry_id[e]
+                    ev_slot[n_ev] = phys[e]
+                    ev_dirty[n_ev] = dirty[e]
+                    meta[WRITEBACKS] += dirty[e]
+                    n_ev += 1
+            entry_id[e] = key
+            slotmap_put(keys, vals, key, e)
+            dirty[e] = 0
+            born[e] = epoch
+            on_insert(st, e, c)
+            meta[ADMISSIONS] += 1
+            record_access(st, False, c)
+        seen[e] = epoch
+        batch_pos[e] = u
+        aslot[u] = phys[e]
+    for u in range(len(uniq)):
+        fresh[u] = aslot[u] >= 0 and born[owner[aslot[u]]] == epoch
+    return n_ev
+
+
+@njit(cache=True)
+def _device_victim(meta, owner, entry_id, swapped, sketch, epoch):
+    """The least used of a few device slots past the clock hand (not yet moved this batch)."""
+    device_rows = meta[DEVICE_ROWS]
+    hand = meta[DEVICE_HAND]
+    best = -1
+    best_est = np.int64(1 << 30)
+    looked = 0
+    for _ in range(device_rows):
+        d = hand
+        hand = (hand + 1) % device_rows
+        if owner[d] < 0 or swapped[d] == epoch:
+            continue
+        est = sketch_estimate(sketch, entry_id[owner[d]])
+        if est < best_est:
+            best = d
+            best_est = est
+        looked += 1
+        if looked == DEVICE_SAMPLE:
+            break
+    meta[DEVICE_HAND] = hand
+    return best, best_est
+
+
+@njit(cache=True)
+def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
+    meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
+        heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state = st
+    epoch = meta[EPOCH]
+    device_rows = meta[DEVICE_ROWS]
+    n_sw = 0
+    if device_rows == 0:
+        return n_sw
+    for u in range(len(uniq)):
+        p = aslot[u]
+        if p < device_rows or swapped[p] == epoch:
+            continue
+        ex = owner[p]
+        if meta[FREE_DEVICE] > 0:
+            meta[FREE_DEVICE] -= 1
+            d = np.int64(free_device[meta[FREE_DEVICE]])
+            free_ram[meta[FREE_RAM]] = p
+            meta[FREE_RAM] += 1
+            owner[p] = -1
+            has_y = False
+        else:
+            d, victim_est = _device_victim(meta, owner, entry_id, swapped, sketch, epoch)
+            if d < 0 or sketch_estimate(sketch, uniq[u]) <= victim_est:
+                continue
+            ey = owner[d]
+            owner[p] = ey
+            phys[ey] = p
+            has_y = True
+            meta[DEMOTIONS] += 1
+        owner[d] = ex
+        phys[ex] = d
+        swapped[d] = epoch
+        swapped[p] = epoch
+        meta[PROMOTIONS] += 1
+        sw_u[n_sw] = u
+        sw_from[n_sw] = p
+        sw_to[n_sw] = d
+        sw_has_y[n_sw] = has_y
+        n_sw += 1
+    return n_sw
+
+
+@njit(cache=True)
+def plan_batch(st, uniq, counts, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty,
+               sw_u, sw_from, sw_to, sw_has_y):
+    """Plan one batch; returns (number of evictions, number of promotions).
+
+    ``start_slot[u]`` is where row ``uniq[u]`` lay when the batch began (-1:
+    on disk); it only attributes hits to tiers. Output arrays hold at least
+    ``len(uniq)`` entries.
+    """
+    st[0][EPOCH] += 1
+    n_ev = _admit_and_evict(st, uniq, counts, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty)
+    n_sw = _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y)
+    return n_ev, n_sw
+
+
+@njit(cache=True)
+def simulate_trace(st, trace, batch):
+    """Replay ``trace`` in batches through the store's planner, moving no data."""
+    for start in range(0, len(trace), batch):
+        uniq, _, counts = dedupe(trace[start:start + batch])
+        n = len(uniq)
+        start_slot = np.empty(n, dtype=np.int64)
+        probe_slots(st, uniq, start_slot)
+        aslot = np.empty(n, dtype=np.int64)
+        fresh = np.empty(n, dtype=np.bool_)
+        ev_id = np.empty(n, dtype=np.int64)
+        ev_slot = np.empty(n, dtype=np.int64)
+        ev_dirty = np.empty(n, dtype=np.uint8)
+        sw_u = np.empty(n, dtype=np.int64)
+        sw_from = np.empty(n, dtype=np.int64)
+        sw_to = np.empty(n, dtype=np.int64)
+        sw_has_y = np.empty(n, dtype=np.bool_)
+        plan_batch(st, uniq, counts, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty,
+                   sw_u, sw_from, sw_to, sw_has_y)

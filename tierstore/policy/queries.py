@@ -1,0 +1,98 @@
+"""Reading and marking the bookkeeping outside a lookup: dirty rows, invariants."""
+import numpy as np
+from numba import njit
+
+from ..kernels.slotmap import slotmap_get
+from .state import (CAPACITY, DEVICE_ROWS, FREE_DEVICE, FREE_RAM, HEAP_SIZE, LFU, POLICY, SIZE0,
+                    USED)
+
+
+@njit(cache=True)
+def probe_slots(st, ids, out):
+    """Physical slot of each id, -1 where the row is not in memory."""
+    keys = st[2]
+    vals = st[3]
+    phys = st[5]
+    for k in range(len(ids)):
+        e = slotmap_get(keys, vals, ids[k])
+        out[k] = phys[e] if e >= 0 else -1
+
+
+@njit(cache=True)
+def mark_dirty(st, ids):
+    """Flag the resident rows among ``ids`` as newer than disk."""
+    keys = st[2]
+    vals = st[3]
+    dirty = st[7]
+    for k in range(len(ids)):
+        e = slotmap_get(keys, vals, ids[k])
+        if e >= 0:
+            dirty[e] = 1
+
+
+@njit(cache=True)
+def dirty_rows(st):
+    """(ids, physical slots) of every dirty resident row, in entry order."""
+    meta = st[0]
+    entry_id = st[4]
+    phys = st[5]
+    dirty = st[7]
+    n = 0
+    for e in range(meta[USED]):
+        n += dirty[e]
+    ids = np.empty(n, dtype=np.int64)
+    slots = np.empty(n, dtype=np.int64)
+    k = 0
+    for e in range(meta[USED]):
+        if dirty[e]:
+            ids[k] = entry_id[e]
+            slots[k] = phys[e]
+            k += 1
+    return ids, slots
+
+
+@njit(cache=True)
+def clear_dirty(st):
+    meta = st[0]
+    dirty = st[7]
+    for e in range(meta[USED]):
+        dirty[e] = 0
+
+
+@njit(cache=True)
+def check_invariants(st):
+    """0 when the bookkeeping is consistent, else the number of the first broken rule."""
+    meta = st[0]
+    keys, vals, entry_id, phys, owner = st[2], st[3], st[4], st[5], st[6]
+    capacity = meta[CAPACITY]
+    device_rows = meta[DEVICE_ROWS]
+    used = meta[USED]
+    if used > capacity or used < 0:
+        return 1
+    on_device = 0
+    for e in range(used):
+        if entry_id[e] < 0 or slotmap_get(keys, vals, entry_id[e]) != e:
+            return 2
+        p = phys[e]
+        if p < 0 or p >= capacity or owner[p] != e:
+            return 3
+        if p < device_rows:
+            on_device += 1
+    if on_device > device_rows or used - on_device > capacity - device_rows:
+        return 4
+    mapped = 0
+    for i in range(len(keys)):
+        if keys[i] >= 0:
+            mapped += 1
+    if mapped != used:
+        return 5
+    occupied = 0
+    for p in range(capacity):
+        if owner[p] >= 0:
+            occupied += 1
+    if occupied != used or meta[FREE_DEVICE] + meta[FREE_RAM] != capacity - used:
+        return 6
+    ordered = meta[HEAP_SIZE] if meta[POLICY] == LFU else meta[SIZE0] + meta[SIZE0 + 1] + meta[SIZE0 + 2]
+    if ordered != used:
+        return 7
+    return 0

@@ -1,0 +1,140 @@
+"""The bookkeeping of the memory tiers, as plain arrays a kernel can take.
+
+Memory holds ``capacity = device_rows + ram_rows`` physical slots: slots
+below ``device_rows`` are device slots, the rest RAM slots. The policy orders
+*entries*, not slots: the id -> entry map and the policy's lists and heap
+index entries, and ``phys[entry]`` says where the row's bytes lie, so a row
+moves between device and RAM by changing one number, keeping its place in
+the policy's order. Every array here is sized by the capacities (and the sketch),
+never by the number of rows in the store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..kernels.sketch import new_sketch
+from ..kernels.slotmap import new_slotmap
+
+POLICY_CODES = {"adaptive": 0, "wtinylfu": 1, "lru": 2, "lfu": 3}
+ADAPTIVE, WTINYLFU, LRU, LFU = 0, 1, 2, 3
+
+# segments (and list ids): LRU and LFU keep every row in WINDOW
+NO_SEGMENT, WINDOW, PROBATION, PROTECTED = -1, 0, 1, 2
+
+# scalar slots of ``meta`` (int64)
+(HEAD0, TAIL0, HEAD1, TAIL1, HEAD2, TAIL2, SIZE0, SIZE1, SIZE2,
+ CAPACITY, DEVICE_ROWS, POLICY, WINDOW_CAP, PROTECTED_CAP, TICK, HEAP_SIZE,
+ FREE_DEVICE, FREE_RAM, DEVICE_HAND, EPOCH, USED,
+ SAMPLE_HITS, SAMPLE_MISSES, SAMPLE_SIZE,
+ DEVICE_HITS, RAM_HITS, MISSES, ADMISSIONS, EVICTIONS, PROMOTIONS, DEMOTIONS,
+ WRITEBACKS, META_LEN) = range(33)
+
+# slots of ``fmeta`` (float64): hill climber
+PREV_HIT_RATE, STEP, WINDOW_F, FMETA_LEN = range(4)
+
+HILL_STEP = 0.0625
+HILL_DECAY = 0.98
+HILL_RESTART = 0.05
+PROTECTED_SHARE = 0.8
+DEVICE_SAMPLE = 8
+
+
+@dataclass
+class CacheState:
+    """All arrays of one memory hierarchy's bookkeeping."""
+
+    meta: np.ndarray
+    fmeta: np.ndarray
+    keys: np.ndarray
+    vals: np.ndarray
+    entry_id: np.ndarray
+    phys: np.ndarray
+    owner: np.ndarray
+    dirty: np.ndarray
+    seg: np.ndarray
+    prev: np.ndarray
+    next: np.ndarray
+    freq: np.ndarray
+    stamp: np.ndarray
+    heap: np.ndarray
+    hpos: np.ndarray
+    born: np.ndarray
+    seen: np.ndarray
+    batch_pos: np.ndarray
+    swapped: np.ndarray
+    free_device: np.ndarray
+    free_ram: np.ndarray
+    sketch: np.ndarray
+    sketch_state: np.ndarray
+
+    @classmethod
+    def new(cls, device_rows: int, ram_rows: int, policy: str, sketch_width: int | None = None):
+        capacity = device_rows + ram_rows
+        meta = np.zeros(META_LEN, dtype=np.int64)
+        meta[[HEAD0, TAIL0, HEAD1, TAIL1, HEAD2, TAIL2]] = -1
+        meta[CAPACITY] = capacity
+        meta[DEVICE_ROWS] = device_rows
+        meta[POLICY] = POLICY_CODES[policy]
+        window = capacity if policy in ("lru", "lfu") else max(1, capacity // 100)
+        meta[WINDOW_CAP] = window
+        meta[PROTECTED_CAP] = int(PROTECTED_SHARE * (capacity - window))
+        meta[SAMPLE_SIZE] = max(capacity, 256)
+        fmeta = np.zeros(FMETA_LEN, dtype=np.float64)
+        fmeta[STEP] = -HILL_STEP * capacity
+        fmeta[WINDOW_F] = window
+        # free slots are popped from the end: lowest slots first
+        meta[FREE_DEVICE] = device_rows
+        meta[FREE_RAM] = ram_rows
+        keys, vals = new_slotmap(capacity)
+        sketch, sketch_state = new_sketch(capacity, sketch_width)
+        return cls(
+            meta=meta,
+            fmeta=fmeta,
+            keys=keys,
+            vals=vals,
+            entry_id=np.full(capacity, -1, dtype=np.int64),
+            phys=np.full(capacity, -1, dtype=np.int32),
+            owner=np.full(capacity, -1, dtype=np.int32),
+            dirty=np.zeros(capacity, dtype=np.uint8),
+            seg=np.full(capacity, NO_SEGMENT, dtype=np.int8),
+            prev=np.full(capacity, -1, dtype=np.int32),
+            next=np.full(capacity, -1, dtype=np.int32),
+            freq=np.zeros(capacity, dtype=np.int64),
+            stamp=np.zeros(capacity, dtype=np.int64),
+            heap=np.zeros(capacity, dtype=np.int32),
+            hpos=np.full(capacity, -1, dtype=np.int32),
+            born=np.full(capacity, -1, dtype=np.int64),
+            seen=np.full(capacity, -1, dtype=np.int64),
+            batch_pos=np.full(capacity, -1, dtype=np.int64),
+            swapped=np.full(capacity, -1, dtype=np.int64),
+            free_device=np.arange(device_rows - 1, -1, -1, dtype=np.int32),
+            free_ram=np.arange(capacity - 1, device_rows - 1, -1, dtype=np.int32),
+            sketch=sketch,
+            sketch_state=sketch_state,
+        )
+
+    def arrays(self):
+        """The arrays in the order the kernels take them."""
+        return (self.meta, self.fmeta, self.keys, self.vals, self.entry_id, self.phys,
+                self.owner, self.dirty, self.seg, self.prev, self.next, self.freq,
+                self.stamp, self.heap, self.hpos, self.born, self.seen, self.batch_pos,
+                self.swapped, self.free_device, self.free_ram, self.sketch,
+                self.sketch_state)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.meta[CAPACITY])
+
+    @property
+    def device_rows(self) -> int:
+        return int(self.meta[DEVICE_ROWS])
+
+    def resident(self) -> dict[int, int]:
+        """id -> physical slot of every resident row (for tests and checks)."""
+        used = int(self.meta[USED])
+        return {int(self.entry_id[e]): int(self.phys[e]) for e in range(used)}
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays())

@@ -1,0 +1,308 @@
+"""The public Store: three tiers tied together by the placement policy."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import DTYPES, StoreConfig
+from .errors import ClosedStoreError, ConfigError, CorruptRowError, ReadOnlyError, TierstoreError
+from .kernels.batch import dedupe, dedupe_last
+from .policy import CacheState
+from .policy import state as S
+from .policy.planner import plan_batch
+from .policy.queries import check_invariants, clear_dirty, dirty_rows, mark_dirty, probe_slots
+from .tiers.disk import DiskTier
+from .tiers.format import StoreMeta
+from .tiers.memory import HostMemory
+from .validation import as_id_array, as_rows, is_torch_tensor
+
+CREATE_CHUNK = 1 << 16
+
+
+@dataclass
+class CheckReport:
+    """What ``Store.check()`` found."""
+
+    rows_checked: int
+    corrupt_ids: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.corrupt_ids and not self.problems
+
+    def __str__(self):
+        if self.ok:
+            return f"ok: {self.rows_checked} stored rows verified"
+        lines = [f"damaged: {len(self.corrupt_ids)} corrupt rows among {self.rows_checked}"]
+        if self.corrupt_ids:
+            lines.append("corrupt row ids: " + ", ".join(map(str, self.corrupt_ids[:50])))
+        lines.extend(self.problems)
+        return "\n".join(lines)
+
+
+class Store:
+    """``num_rows x dim`` rows: hot ones on the device, warm ones in RAM, all on disk.
+
+    Use :func:`tierstore.create` or :func:`tierstore.open` rather than this
+    constructor. A Store serialises its calls with a lock, so threads may
+    share one; processes share a store through LMDB (one writer, any readers).
+    """
+
+    def __init__(self, disk: DiskTier, config: StoreConfig):
+        self._disk = disk
+        self.config = config
+        self.path = disk.path
+        self.num_rows = disk.meta.num_rows
+        self.dim = disk.meta.dim
+        self.dtype = disk.dtype
+        self.codec = disk.codec
+        self.readonly = disk.readonly
+        self._lock = threading.RLock()
+        self._memory = _memory_for(config, self.dim, self.dtype)
+        self._state = CacheState.new(config.device_rows, config.ram_rows, config.policy,
+                                     config.sketch_width)
+        self._st = self._state.arrays()
+        # rows evicted dirty whose write-back failed: newer than disk, written at the next flush
+        self._pending_ids = np.empty(0, dtype=np.int64)
+        self._pending_rows = np.empty((0, self.dim), dtype=self.dtype)
+        self._closed = False
+
+    # -- reading ---------------------------------------------------------------------------
+    def lookup(self, ids):
+        """Rows of ``ids`` (integers of any shape): an array of shape ``ids.shape + (dim,)``.
+
+        numpy ids give a numpy array; torch ids give a torch tensor (on the
+        store's device when it is CUDA).
+        """
+        with self._lock:
+            self._check_open()
+            as_torch = is_torch_tensor(ids)
+            id_array = as_id_array(ids, self.num_rows)
+            flat = id_array.reshape(-1)
+            uniq, inverse, counts = dedupe(flat)
+            rows = self._fetch(uniq, counts)
+            out = np.take(rows, inverse, axis=0).reshape(id_array.shape + (self.dim,))
+            return self._memory.to_output(out, as_torch)
+
+    def _fetch(self, uniq, counts):
+        """Rows of unique ids, from whichever tier holds them; then let the policy move rows."""
+        n = len(uniq)
+        start = np.empty(n, dtype=np.int64)
+        probe_slots(self._st, uniq, start)
+        rows = np.empty((n, self.dim), dtype=self.dtype)
+        self._memory.gather(start, rows)
+        missing = np.flatnonzero(start < 0)
+        if len(missing):
+            self._read_disk(uniq[missing], rows, missing)
+        self._plan_and_move(uniq, counts, start, rows)
+        return rows
+
+    def _read_disk(self, ids, rows, positions):
+        self._disk.read_rows(ids, rows, positions)
+        if len(self._pending_ids):
+            where = np.searchsorted(self._pending_ids, ids)
+            where = np.minimum(where, len(self._pending_ids) - 1)
+            hit = self._pending_ids[where] == ids
+            rows[positions[hit]] = self._pending_rows[where[hit]]
+
+    def _plan_and_move(self, uniq, counts, start, rows):
+        n = len(uniq)
+        aslot = np.empty(n, dtype=np.int64)
+        fresh = np.empty(n, dtype=np.bool_)
+        ev_id = np.empty(n, dtype=np.int64)
+        ev_slot = np.empty(n, dtype=np.int64)
+        ev_dirty = np.empty(n, dtype=np.uint8)
+        sw_u = np.empty(n, dtype=np.int64)
+        sw_from = np.empty(n, dtype=np.int64)
+        sw_to = np.empty(n, dtype=np.int64)
+        sw_has_y = np.empty(n, dtype=np.bool_)
+        n_ev, n_sw = plan_batch(self._st, uniq, counts, start, aslot, fresh, ev_id, ev_slot,
+                                ev_dirty, sw_u, sw_from, sw_to, sw_has_y)
+        dirty = np.flatnonzero(ev_dirty[:n_ev])
+        if len(dirty):
+            self._write_back(ev_id[dirty], self._memory.read(ev_slot[dirty]))
+        admitted = np.flatnonzero(fresh)
+        if len(admitted):
+            self._memory.write(aslot[admitted], rows[admitted])
+        if n_sw:
+            has_y = sw_has_y[:n_sw]
+            demoted = self._memory.read(sw_to[:n_sw][has_y])
+            self._memory.write(sw_from[:n_sw][has_y], demoted)
+            self._memory.write(sw_to[:n_sw], rows[sw_u[:n_sw]])
+
+    def _write_back(self, ids, rows):
+        """Evicted dirty rows go to disk; if the disk refuses, they wait for the next flush."""
+        try:
+            self._disk.write_rows(ids, rows)
+        except (TierstoreError, OSError):
+            self._add_pending(ids, rows)
+            return
+        self._drop_pending(ids)
+
+    def _add_pending(self, ids, rows):
+        keep = ~np.isin(self._pending_ids, ids)
+        all_ids = np.concatenate([self._pending_ids[keep], ids])
+        all_rows = np.concatenate([self._pending_rows[keep], rows])
+        order = np.argsort(all_ids)
+        self._pending_ids, self._pending_rows = all_ids[order], all_rows[order]
+
+    def _drop_pending(self, ids):
+        if len(self._pending_ids):
+            keep = ~np.isin(self._pending_ids, ids)
+            self._pending_ids, self._pending_rows = self._pending_ids[keep], self._pending_rows[keep]
+
+    # -- writing ---------------------------------------------------------------------------
+    def update(self, ids, rows):
+        """Overwrite rows; with duplicate ids in one call the last one wins.
+
+        Rows in memory are changed in place and written to disk when evicted
+        or flushed; rows only on disk are written at once.
+        """
+        with self._lock:
+            self._check_open()
+            self._check_writable()
+            id_array = as_id_array(ids, self.num_rows)
+            new_rows = as_rows(rows, id_array.shape + (self.dim,), self.dtype,
+                               self.config.allow_nonfinite)
+            uniq, last = dedupe_last(id_array.reshape(-1))
+            values = new_rows.reshape(-1, self.dim)[last]
+            slots = np.empty(len(uniq), dtype=np.int64)
+            probe_slots(self._st, uniq, slots)
+            resident = slots >= 0
+            self._disk.write_rows(uniq[~resident], values[~resident])
+            self._drop_pending(uniq[~resident])
+            self._memory.write(slots[resident], values[resident])
+            mark_dirty(self._st, uniq[resident])
+
+    def flush(self):
+        """Write every dirty row in one transaction; after it returns, a crash loses nothing."""
+        with self._lock:
+            self._check_open()
+            if self.readonly:
+                return
+            ids, slots = dirty_rows(self._st)
+            records = self._disk.encode(self._pending_ids, self._pending_rows)
+            records += self._disk.encode(ids, self._memory.read(slots))
+            if records:
+                self._disk.write(lambda txn: self._disk.put_encoded(txn, records))
+            self._disk.sync()
+            clear_dirty(self._st)
+            self._pending_ids = self._pending_ids[:0]
+            self._pending_rows = self._pending_rows[:0]
+
+    # -- inspecting ------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Per-tier hits, promotions, evictions and bytes moved since the store was opened."""
+        m = self._state.meta
+        lookups = int(m[S.DEVICE_HITS] + m[S.RAM_HITS] + m[S.MISSES])
+        resident = int(m[S.USED])
+        on_device = int(m[S.DEVICE_ROWS] - m[S.FREE_DEVICE])
+
+        def ratio(x):
+            return float(x) / lookups if lookups else 0.0
+
+        return {
+            "lookups": lookups,
+            "device": {"hits": int(m[S.DEVICE_HITS]), "hit_ratio": ratio(m[S.DEVICE_HITS]),
+                       "rows": on_device, "capacity": int(m[S.DEVICE_ROWS])},
+            "ram": {"hits": int(m[S.RAM_HITS]), "hit_ratio": ratio(m[S.RAM_HITS]),
+                    "rows": resident - on_device,
+                    "capacity": int(m[S.CAPACITY] - m[S.DEVICE_ROWS])},
+            "disk": {"reads": int(m[S.MISSES]), "read_ratio": ratio(m[S.MISSES]),
+                     "bytes_read": self._disk.bytes_read, "bytes_written": self._disk.bytes_written},
+            "hit_ratio": ratio(m[S.DEVICE_HITS] + m[S.RAM_HITS]),
+            "misses": int(m[S.MISSES]),
+            "admissions": int(m[S.ADMISSIONS]),
+            "evictions": int(m[S.EVICTIONS]),
+            "promotions": int(m[S.PROMOTIONS]),
+            "demotions": int(m[S.DEMOTIONS]),
+            "writebacks": int(m[S.WRITEBACKS]),
+            "policy": self.config.policy,
+            "window_rows": int(m[S.WINDOW_CAP]),
+            "pending_writebacks": int(len(self._pending_ids)),
+            "bookkeeping_bytes": self._state.nbytes(),
+        }
+
+    def check(self) -> CheckReport:
+        """Verify every stored record (checksum, decoding, key) and the memory bookkeeping."""
+        with self._lock:
+            self._check_open()
+            report = CheckReport(rows_checked=0)
+            scratch = np.empty((CREATE_CHUNK, self.dim), dtype=self.dtype)
+            for batch in self._disk.scan(CREATE_CHUNK):
+                ids, values = self._parse_keys(batch, report)
+                report.rows_checked += len(batch)
+                if len(ids):
+                    self._verify_records(ids, values, scratch, report)
+            code = check_invariants(self._st)
+            if code:
+                report.problems.append(f"memory bookkeeping broken (rule {code})")
+            return report
+
+    def _parse_keys(self, batch, report):
+        ids, values = [], []
+        for key, value in batch:
+            row = int.from_bytes(key, "big") if len(key) == 8 else -1
+            if not 0 <= row < self.num_rows:
+                report.problems.append(f"record with a foreign key {key!r}")
+                continue
+            ids.append(row)
+            values.append(value)
+        return np.asarray(ids, dtype=np.int64), values
+
+    def _verify_records(self, ids, values, scratch, report):
+        positions = np.arange(len(ids))
+        try:
+            self._disk.decode_into(ids, values, scratch, positions)
+            return
+        except CorruptRowError:
+            pass
+        for k in range(len(ids)):
+            try:
+                self._disk.decode_into(ids[k:k + 1], values[k:k + 1], scratch, positions[:1])
+            except CorruptRowError:
+                report.corrupt_ids.append(int(ids[k]))
+
+    # -- life cycle ------------------------------------------------------------------------
+    def close(self):
+        """Flush (unless read-only) and release the files. Closing twice is harmless."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if not self.readonly:
+                    self.flush()
+            finally:
+                self._closed = True
+                self._disk.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self._closed else ("read-only" if self.readonly else "open")
+        return (f"<tierstore.Store {str(self.path)!r} {self.num_rows}x{self.dim} {self.dtype} "
+                f"codec={self.codec.codec_id} device={self.config.device} {state}>")
+
+    def _check_open(self):
+        if self._closed:
+            raise ClosedStoreError(f"store {self.path} is closed")
+
+    def _check_writable(self):
+        if self.readonly:
+            raise ReadOnlyError(f"store {self.path} is open read-only; open it with readonly=False to write")
+
+
+def _memory_for(config: StoreConfig, dim: int, dtype):
+    if config.device == "cpu":
+        return HostMemory(config.device_rows, config.ram_rows, dim, dtype)
+    from .tiers.cuda import CudaMemory
+
+    return CudaMemory(config.device_rows, config.ram_rows, dim, dtype, config.device)

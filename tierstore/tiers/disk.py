@@ -1,0 +1,242 @@
+"""The disk tier: every row of the store in LMDB, one framed value per row.
+
+Rows never written (and rows equal to a constant ``init``) have no record
+and read as the init value. The map grows by doubling when full, up to the
+configured ceiling.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+from ..codecs import Codec, get_codec
+from ..errors import (CorruptRowError, CorruptStoreError, DiskFullError, NotAStoreError,
+                      StoreLockedError)
+from ..kernels.codec import verify_frames
+from .format import DICT_KEY, META_DB, META_KEY, ROWS_DB, StoreMeta, frame, row_keys, unframe_record
+
+LOCK_FILE = "writer.lock"
+
+
+class DiskTier:
+    """An open LMDB environment holding one store's rows and metadata."""
+
+    def __init__(self, path, *, readonly: bool, map_size: int, max_map_size: int | None,
+                 create_meta: StoreMeta | None = None, dictionary: bytes | None = None):
+        self.path = Path(path)
+        self.readonly = readonly
+        self.max_map_size = max_map_size
+        self._lock_fd = None
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self._open_env(map_size, create=create_meta is not None)
+        try:
+            if create_meta is not None:
+                self._write_meta(create_meta, dictionary)
+            self.meta, self.codec = self._read_meta()
+        except BaseException:
+            self.close()
+            raise
+        dtype = np.dtype(self.meta.dtype)
+        self.dtype = dtype
+        self.row_bytes = self.meta.dim * dtype.itemsize
+        constant = self.meta.constant
+        self.fill_row = np.full(self.meta.dim, 0 if constant is None else constant, dtype=dtype)
+
+    # -- opening ---------------------------------------------------------------------------
+    def _open_env(self, map_size, create):
+        if not create:
+            if not self.path.exists():
+                raise NotAStoreError(f"{self.path}: no such store")
+            if not (self.path / "data.mdb").is_file():
+                raise NotAStoreError(f"{self.path}: not a tierstore (no data.mdb inside)")
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+        if not self.readonly:
+            self._take_writer_lock()
+        if not create:
+            map_size = max(map_size, (self.path / "data.mdb").stat().st_size)
+        try:
+            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=2,
+                                 readonly=self.readonly, readahead=False, meminit=False,
+                                 create=create, lock=True)
+            self.rows_db = self.env.open_db(ROWS_DB, create=create)
+            self.meta_db = self.env.open_db(META_DB, create=create)
+        except lmdb.InvalidError as exc:
+            self._release_lock()
+            raise NotAStoreError(f"{self.path}: not an LMDB database ({exc})") from None
+        except lmdb.NotFoundError:
+            self._release_lock()
+            raise NotAStoreError(f"{self.path}: an LMDB database without tierstore tables") from None
+        except lmdb.Error as exc:
+            self._release_lock()
+            raise CorruptStoreError(f"{self.path}: LMDB cannot open it ({exc})") from None
+
+    def _take_writer_lock(self):
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise StoreLockedError(
+                    f"{self.path}: another writer has this store open; "
+                    "open it with readonly=True or close the other writer") from None
+            raise
+        self._lock_fd = fd
+
+    def _release_lock(self):
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _write_meta(self, meta: StoreMeta, dictionary: bytes | None):
+        def put(txn):
+            txn.put(META_KEY, meta.to_bytes(), db=self.meta_db)
+            if dictionary is not None:
+                txn.put(DICT_KEY, frame(DICT_KEY, dictionary), db=self.meta_db)
+        self.write(put)
+
+    def _read_meta(self) -> tuple[StoreMeta, Codec]:
+        with self.env.begin(db=self.meta_db) as txn:
+            meta = StoreMeta.from_bytes(txn.get(META_KEY), self.path)
+            raw_dict = txn.get(DICT_KEY)
+        config = dict(meta.codec)
+        if raw_dict is not None:
+            config["dictionary"] = unframe_record(DICT_KEY, raw_dict, "zstd dictionary")
+        elif config.get("id") == "zstd" and config.get("dict_size", 0) > 0:
+            raise CorruptStoreError(f"{self.path}: the zstd dictionary record is missing")
+        return meta, get_codec(config)
+
+    def close(self):
+        env = getattr(self, "env", None)
+        if env is not None:
+            env.close()
+            self.env = None
+        self._release_lock()
+
+    # -- writing ---------------------------------------------------------------------------
+    def write(self, body):
+        """Run ``body(txn)`` in one write transaction, growing the map while it is full."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    body(txn)
+                return
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.DiskError as exc:
+                raise DiskFullError(f"{self.path}: the disk refused the write ({exc})") from None
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DiskFullError(f"{self.path}: no space left on the disk") from None
+                raise
+
+    def _grow(self):
+        current = self.env.info()["map_size"]
+        target = current * 2
+        if self.max_map_size is not None:
+            if current >= self.max_map_size:
+                raise DiskFullError(
+                    f"{self.path}: LMDB map is full at its ceiling max_map_size={self.max_map_size}")
+            target = min(target, self.max_map_size)
+        self.env.set_mapsize(target)
+
+    def encode(self, ids: np.ndarray, rows: np.ndarray):
+        """(key, framed value or None) per row; None marks a row equal to the constant init."""
+        keys = row_keys(ids)
+        payloads = self.codec.encode(np.ascontiguousarray(rows))
+        constant = self.meta.constant
+        if constant is None:
+            skip = np.zeros(len(ids), dtype=bool)
+        else:
+            skip = np.all(rows == self.fill_row, axis=1)
+        return [(k, None if s else frame(k, p)) for k, p, s in zip(keys, payloads, skip)]
+
+    def put_encoded(self, txn, records):
+        put = txn.put
+        delete = txn.delete
+        written = 0
+        for key, value in records:
+            if value is None:
+                delete(key, db=self.rows_db)
+            else:
+                put(key, value, db=self.rows_db)
+                written += len(value)
+        self.bytes_written += written
+
+    def write_rows(self, ids: np.ndarray, rows: np.ndarray):
+        """Durably store ``rows`` under ``ids`` in one transaction."""
+        if len(ids) == 0:
+            return
+        records = self.encode(ids, rows)
+        self.write(lambda txn: self.put_encoded(txn, records))
+
+    # -- reading ---------------------------------------------------------------------------
+    def read_rows(self, ids: np.ndarray, out: np.ndarray, positions: np.ndarray):
+        """Fill ``out[positions[k]]`` with row ``ids[k]``; raises CorruptRowError naming bad rows."""
+        n = len(ids)
+        if n == 0:
+            return
+        order = np.argsort(ids, kind="stable")
+        keys = row_keys(ids[order])
+        with self.env.begin(db=self.rows_db) as txn:
+            get = txn.get
+            values = [get(k) for k in keys]
+        found = np.fromiter((v is not None for v in values), dtype=bool, count=n)
+        out[positions[order[~found]]] = self.fill_row
+        if not found.any():
+            return
+        present = [v for v in values if v is not None]
+        self.decode_into(ids[order[found]], present, out, positions[order[found]])
+
+    def decode_into(self, ids, values, out, positions):
+        """Verify and decode framed ``values`` of rows ``ids`` into ``out[positions]``."""
+        lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+        stops = np.cumsum(lengths)
+        starts = stops - lengths
+        buf = np.frombuffer(b"".join(values), dtype=np.uint8)
+        self.bytes_read += len(buf)
+        keybytes = np.ascontiguousarray(ids, dtype=">u8").view(np.uint8)
+        ok = np.empty(len(values), dtype=np.bool_)
+        verify_frames(keybytes, buf, starts, stops, ok)
+        if not ok.all():
+            raise CorruptRowError(ids[~ok], "checksum mismatch")
+        decoded = np.empty((len(values), self.meta.dim), dtype=self.dtype)
+        ok = self.codec.decode(buf, starts, stops, decoded)
+        if not ok.all():
+            raise CorruptRowError(ids[~ok], f"payload does not decode with codec {self.codec.codec_id!r}")
+        out[positions] = decoded
+
+    def scan(self, chunk: int = 65536):
+        """Yield (ids, values, keybytes) of stored records in id order, in chunks."""
+        with self.env.begin(db=self.rows_db) as txn:
+            cursor = txn.cursor()
+            batch = []
+            for key, value in cursor:
+                batch.append((key, value))
+                if len(batch) == chunk:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+    def stored_rows(self) -> int:
+        with self.env.begin(db=self.rows_db) as txn:
+            return txn.stat(self.rows_db)["entries"]
+
+    def sync(self):
+        self.env.sync(True)
+
+    def file_bytes(self) -> int:
+        return (self.path / "data.mdb").stat().st_size
+
+    def used_bytes(self) -> int:
+        info = self.env.info()
+        stat = self.env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"]

@@ -1,0 +1,79 @@
+"""The on-disk format: keys, framed values and the metadata record."""
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CorruptStoreError, FormatVersionError, NotAStoreError
+
+FORMAT_NAME = "tierstore"
+FORMAT_VERSION = 1
+META_KEY = b"meta"
+DICT_KEY = b"zstd_dict"
+ROWS_DB = b"rows"
+META_DB = b"meta"
+
+
+def row_keys(ids: np.ndarray) -> list[bytes]:
+    """8-byte big-endian keys, so LMDB's byte order is the ids' order."""
+    packed = np.asarray(ids, dtype=">u8").tobytes()
+    return [packed[i:i + 8] for i in range(0, len(packed), 8)]
+
+
+def frame(key: bytes, payload: bytes) -> bytes:
+    """payload + CRC-32 of (key, payload), little-endian: misplaced values fail too."""
+    return payload + zlib.crc32(payload, zlib.crc32(key)).to_bytes(4, "little")
+
+
+def unframe_record(key: bytes, value: bytes | None, what: str) -> bytes:
+    if value is None or len(value) < 4:
+        raise CorruptStoreError(f"{what} record is missing or truncated")
+    payload = value[:-4]
+    if zlib.crc32(payload, zlib.crc32(key)).to_bytes(4, "little") != value[-4:]:
+        raise CorruptStoreError(f"{what} record fails its checksum")
+    return payload
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """What the metadata record holds."""
+
+    num_rows: int
+    dim: int
+    dtype: str
+    codec: dict
+    init: dict  # {"kind": "constant", "value": float} or {"kind": "stored"}
+    version: int = FORMAT_VERSION
+
+    def to_bytes(self) -> bytes:
+        doc = {"format": FORMAT_NAME, "version": self.version, "num_rows": self.num_rows,
+               "dim": self.dim, "dtype": self.dtype, "codec": self.codec, "init": self.init}
+        return frame(META_KEY, json.dumps(doc, sort_keys=True).encode())
+
+    @classmethod
+    def from_bytes(cls, value: bytes | None, path) -> "StoreMeta":
+        if value is None:
+            raise NotAStoreError(f"{path}: an LMDB database without tierstore metadata")
+        try:
+            doc = json.loads(unframe_record(META_KEY, value, "metadata"))
+        except (CorruptStoreError, ValueError, UnicodeDecodeError) as exc:
+            raise CorruptStoreError(f"{path}: metadata record is damaged ({exc})") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+            raise NotAStoreError(f"{path}: metadata does not describe a tierstore")
+        version = doc.get("version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{path}: format version {version!r} is newer than this tierstore "
+                f"(reads up to {FORMAT_VERSION}); upgrade tierstore")
+        try:
+            return cls(int(doc["num_rows"]), int(doc["dim"]), str(doc["dtype"]),
+                       dict(doc["codec"]), dict(doc["init"]), version)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStoreError(f"{path}: metadata record lacks a field ({exc})") from None
+
+    @property
+    def constant(self) -> float | None:
+        return self.init["value"] if self.init.get("kind") == "constant" else None

@@ -1,0 +1,68 @@
+"""Checks at the public edge: ids and rows become clean numpy arrays or a clear error."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .errors import IdOutOfRangeError, IdTypeError, NonFiniteRowError, RowShapeError
+from .kernels.batch import any_nonfinite_row, first_out_of_range
+
+
+def is_torch_tensor(x) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+def as_id_array(ids, num_rows: int) -> np.ndarray:
+    """Row ids as an int64 array of the caller's shape, every one in ``[0, num_rows)``."""
+    if is_torch_tensor(ids):
+        if ids.is_floating_point() or ids.is_complex() or str(ids.dtype) == "torch.bool":
+            raise IdTypeError(f"row ids must be integers, got a tensor of {ids.dtype}")
+        ids = ids.detach().cpu().numpy()
+    arr = np.asarray(ids)
+    if arr.dtype == object:
+        flat = arr.reshape(-1)
+        for k, value in enumerate(flat):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise IdTypeError(f"row ids must be integers, got {type(value).__name__} at position {k}")
+            if not 0 <= value < num_rows:
+                raise IdOutOfRangeError(f"row id {value} at position {k} is outside [0, {num_rows})")
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise IdTypeError(f"row ids must be integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        k = int(np.argmax(arr > np.iinfo(np.int64).max))
+        raise IdOutOfRangeError(
+            f"row id {arr.reshape(-1)[k]} at position {k} is outside [0, {num_rows})")
+    out = arr.astype(np.int64, copy=False)
+    bad = first_out_of_range(out.reshape(-1), num_rows)
+    if bad >= 0:
+        raise IdOutOfRangeError(
+            f"row id {out.reshape(-1)[bad]} at position {bad} is outside [0, {num_rows})")
+    return out
+
+
+def as_rows(rows, shape: tuple, dtype: np.dtype, allow_nonfinite: bool, what: str = "rows"):
+    """``rows`` as a C-contiguous array of ``shape`` and the store's dtype."""
+    if is_torch_tensor(rows):
+        rows = rows.detach().cpu()
+        if str(rows.dtype) == "torch.bfloat16":
+            rows = rows.float()
+        rows = rows.numpy()
+    arr = np.asarray(rows)
+    if arr.dtype.kind != "f":
+        raise RowShapeError(f"{what} must be floating point, got dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise RowShapeError(f"{what} must have shape {shape}, got {arr.shape}")
+    with np.errstate(over="ignore"):
+        cast = np.ascontiguousarray(arr, dtype=dtype)
+    if not allow_nonfinite and cast.size:
+        flat = cast.reshape(-1, shape[-1]) if shape[-1] else cast.reshape(len(cast), 0)
+        probe = flat if flat.dtype != np.float16 else flat.astype(np.float32)
+        bad = any_nonfinite_row(probe)
+        if bad >= 0:
+            where = "" if arr.dtype == cast.dtype else f" (after casting {arr.dtype} to {dtype})"
+            raise NonFiniteRowError(
+                f"{what}: row {bad} holds NaN or Inf{where}; "
+                "create the store with StoreConfig(allow_nonfinite=True) to allow them")
+    return cast
