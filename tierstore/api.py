@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DTYPES, StoreConfig
-from .errors import ConfigError, RowShapeError
+from .errors import ConfigError, NonFiniteRowError, RowShapeError
 from .store import CREATE_CHUNK, Store
 from .tiers.disk import DiskTier
 from .tiers.format import StoreMeta
@@ -31,9 +31,6 @@ def create(path, num_rows: int, dim: int, dtype="float16", init=None,
     path = Path(path)
     if (path / "data.mdb").exists() and not overwrite:
         raise FileExistsError(f"{path}: a store already exists; pass overwrite=True to replace it")
-    if overwrite:
-        for name in ("data.mdb", "lock.mdb"):
-            (path / name).unlink(missing_ok=True)
     chunks = _init_chunks(init, num_rows, dim, dtype, config)
     codec = config.codec_obj
     if codec.needs_training():
@@ -45,16 +42,15 @@ def create(path, num_rows: int, dim: int, dtype="float16", init=None,
     meta = StoreMeta(num_rows=num_rows, dim=dim, dtype=dtype.name, codec=codec.get_config(),
                      init={"kind": "stored"} if chunks is not None else
                      {"kind": "constant", "value": constant})
-    dictionary = getattr(codec, "dictionary", None)
-    disk = DiskTier(path, readonly=False, map_size=config.map_size,
-                    max_map_size=config.max_map_size, create_meta=meta, dictionary=dictionary)
+    disk = DiskTier.create(path, meta, getattr(codec, "dictionary", None),
+                           map_size=config.map_size, max_map_size=config.max_map_size,
+                           overwrite=overwrite)
     try:
-        if chunks is not None:
-            for start, rows in chunks:
-                disk.write_rows(np.arange(start, start + len(rows), dtype=np.int64), rows)
-        disk.sync()
+        for start, rows in chunks or ():
+            disk.write_rows(np.arange(start, start + len(rows), dtype=np.int64), rows)
+        disk.commit_meta()
     except BaseException:
-        disk.close()
+        disk.destroy()
         raise
     return Store(disk, config)
 
@@ -83,6 +79,8 @@ def _check_shape(num_rows, dim, dtype):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ConfigError(f"{name} must be a positive int, got {value!r}")
     try:
+        if dtype is None:
+            raise TypeError
         dt = np.dtype(dtype)
     except TypeError:
         raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}") from None
@@ -95,7 +93,8 @@ def _init_chunks(init, num_rows, dim, dtype, config):
     """None for a constant init; else an iterator of (start, validated rows)."""
     if init is None or (isinstance(init, numbers.Real) and not isinstance(init, bool)):
         if init is not None and not np.isfinite(init) and not config.allow_nonfinite:
-            raise ConfigError(f"init constant {init!r} is not finite")
+            raise NonFiniteRowError(f"init constant {init!r} is not finite; "
+                                    "StoreConfig(allow_nonfinite=True) allows it")
         return None
     if callable(init):
         def source(start, stop):

@@ -16,6 +16,10 @@ from .errors import ConfigError
 from .kernels.codec import decode_int8_rows, decode_raw_rows
 
 
+def _bytes(rows: np.ndarray) -> np.ndarray:
+    return rows.view(np.uint8).reshape(len(rows), rows.shape[1] * rows.dtype.itemsize)
+
+
 class Codec(ABC):
     """Encodes rows of one dtype and width into per-row payloads."""
 
@@ -58,7 +62,7 @@ class RawCodec(Codec):
 
     def decode(self, buf, starts, stops, out):
         ok = np.empty(len(out), dtype=np.bool_)
-        decode_raw_rows(buf, starts, stops, out.view(np.uint8).reshape(len(out), -1), ok)
+        decode_raw_rows(buf, starts, stops, _bytes(out), ok)
         return ok
 
 
@@ -112,13 +116,14 @@ class ZstdCodec(Codec):
         import zstandard
 
         dctx = zstandard.ZstdDecompressor(dict_data=self._zdict())
-        raw = out.view(np.uint8).reshape(len(out), -1)
+        raw = _bytes(out)
         width = raw.shape[1]
         ok = np.ones(len(out), dtype=np.bool_)
         data = buf.tobytes()
         for i in range(len(out)):
             try:
-                plain = dctx.decompress(data[starts[i]:stops[i]], max_output_size=width)
+                plain = dctx.decompress(data[starts[i]:stops[i]], max_output_size=width,
+                                        allow_extra_data=False)
             except zstandard.ZstdError:
                 ok[i] = False
                 continue
@@ -142,22 +147,26 @@ class Int8Codec(Codec):
 
     @staticmethod
     def _scales(rows):
-        peak = np.max(np.abs(rows.astype(np.float32)), axis=1) if rows.shape[1] else np.zeros(len(rows))
-        return (peak / np.float32(127.0)).astype(np.float32)
+        """float32 steps, rounded toward zero so ``127 * step`` never overflows."""
+        peak = np.max(np.abs(rows.astype(np.float64)), axis=1, initial=0.0)
+        exact = peak / 127.0
+        step = exact.astype(np.float32)
+        return np.where(step.astype(np.float64) > exact, np.nextafter(step, np.float32(0)), step)
 
     def encode(self, rows):
         values = rows.astype(np.float32)
         scale = self._scales(values)
         safe = np.where(scale > 0, scale, np.float32(1.0))
-        quant = np.clip(np.rint(values / safe[:, None]), -127, 127).astype(np.int8)
+        with np.errstate(over="ignore"):
+            quant = np.clip(np.rint(values / safe[:, None]), -127, 127).astype(np.int8)
         packed = np.concatenate([scale.view(np.uint8).reshape(-1, 4), quant.view(np.uint8)], axis=1)
         return [bytes(row) for row in packed]
 
     def decode(self, buf, starts, stops, out):
         ok = np.empty(len(out), dtype=np.bool_)
-        wide = np.empty(out.shape, dtype=np.float32)
+        wide = np.zeros(out.shape, dtype=np.float32)
         decode_int8_rows(buf, starts, stops, wide, ok)
-        out[...] = wide
+        out[ok] = wide[ok]
         return ok
 
     def max_abs_error(self, rows):

@@ -1,6 +1,7 @@
 """Store configuration: a frozen, validated dataclass."""
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass, field
 
@@ -41,8 +42,9 @@ class StoreConfig:
     def __post_init__(self):
         for name in ("device_rows", "ram_rows"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative int, got {value!r}")
+            object.__setattr__(self, name, int(value))
         if self.device_rows + self.ram_rows < 1:
             raise ConfigError("device_rows + ram_rows must be at least 1")
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
@@ -62,6 +64,9 @@ class StoreConfig:
         ):
             raise ConfigError(f"sketch_width must be None or an int >= 16, got {self.sketch_width!r}")
         object.__setattr__(self, "codec_obj", get_codec(self.codec))
+        if self.allow_nonfinite and not self.codec_obj.lossless:
+            raise ConfigError(f"codec {self.codec_obj.codec_id!r} cannot store NaN or Inf: "
+                              "allow_nonfinite needs a lossless codec")
 
     @property
     def memory_rows(self) -> int:

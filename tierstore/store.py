@@ -13,7 +13,7 @@ from .kernels.batch import dedupe, dedupe_last
 from .policy import CacheState
 from .policy import state as S
 from .policy.planner import plan_batch
-from .policy.queries import check_invariants, clear_dirty, dirty_rows, mark_dirty, probe_slots
+from .policy.queries import check_invariants, clear_dirty, dirty_rows, mark_dirty, probe, probe_slots
 from .tiers.disk import DiskTier
 from .tiers.format import StoreMeta
 from .tiers.memory import HostMemory
@@ -91,14 +91,15 @@ class Store:
     def _fetch(self, uniq, counts):
         """Rows of unique ids, from whichever tier holds them; then let the policy move rows."""
         n = len(uniq)
+        entries = np.empty(n, dtype=np.int64)
         start = np.empty(n, dtype=np.int64)
-        probe_slots(self._st, uniq, start)
+        probe(self._st, uniq, entries, start)
         rows = np.empty((n, self.dim), dtype=self.dtype)
         self._memory.gather(start, rows)
         missing = np.flatnonzero(start < 0)
         if len(missing):
             self._read_disk(uniq[missing], rows, missing)
-        self._plan_and_move(uniq, counts, start, rows)
+        self._plan_and_move(uniq, counts, entries, start, rows)
         return rows
 
     def _read_disk(self, ids, rows, positions):
@@ -109,7 +110,7 @@ class Store:
             hit = self._pending_ids[where] == ids
             rows[positions[hit]] = self._pending_rows[where[hit]]
 
-    def _plan_and_move(self, uniq, counts, start, rows):
+    def _plan_and_move(self, uniq, counts, entries, start, rows):
         n = len(uniq)
         aslot = np.empty(n, dtype=np.int64)
         fresh = np.empty(n, dtype=np.bool_)
@@ -120,7 +121,7 @@ class Store:
         sw_from = np.empty(n, dtype=np.int64)
         sw_to = np.empty(n, dtype=np.int64)
         sw_has_y = np.empty(n, dtype=np.bool_)
-        n_ev, n_sw = plan_batch(self._st, uniq, counts, start, aslot, fresh, ev_id, ev_slot,
+        n_ev, n_sw = plan_batch(self._st, uniq, counts, entries, start, aslot, fresh, ev_id, ev_slot,
                                 ev_dirty, sw_u, sw_from, sw_to, sw_has_y)
         dirty = np.flatnonzero(ev_dirty[:n_ev])
         if len(dirty):

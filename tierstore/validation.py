@@ -19,7 +19,7 @@ def as_id_array(ids, num_rows: int) -> np.ndarray:
         if ids.is_floating_point() or ids.is_complex() or str(ids.dtype) == "torch.bool":
             raise IdTypeError(f"row ids must be integers, got a tensor of {ids.dtype}")
         ids = ids.detach().cpu().numpy()
-    arr = np.asarray(ids)
+    arr = _as_array(ids)
     if arr.dtype == object:
         flat = arr.reshape(-1)
         for k, value in enumerate(flat):
@@ -42,6 +42,21 @@ def as_id_array(ids, num_rows: int) -> np.ndarray:
     return out
 
 
+def _as_array(ids) -> np.ndarray:
+    """numpy's view of the ids; Python sequences keep their ints exact (no float64 detour)."""
+    try:
+        arr = np.asarray(ids)
+    except ValueError:
+        raise IdTypeError("row ids must form a rectangular array of integers") from None
+    if isinstance(ids, np.ndarray):
+        return arr
+    if arr.size == 0 and arr.dtype.kind == "f":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        return np.array(ids, dtype=object)
+    return arr
+
+
 def as_rows(rows, shape: tuple, dtype: np.dtype, allow_nonfinite: bool, what: str = "rows"):
     """``rows`` as a C-contiguous array of ``shape`` and the store's dtype."""
     if is_torch_tensor(rows):
@@ -49,7 +64,10 @@ def as_rows(rows, shape: tuple, dtype: np.dtype, allow_nonfinite: bool, what: st
         if str(rows.dtype) == "torch.bfloat16":
             rows = rows.float()
         rows = rows.numpy()
-    arr = np.asarray(rows)
+    try:
+        arr = np.asarray(rows)
+    except ValueError:
+        raise RowShapeError(f"{what} must form a rectangular array of shape {shape}") from None
     if arr.dtype.kind != "f":
         raise RowShapeError(f"{what} must be floating point, got dtype {arr.dtype}")
     if arr.shape != shape:
@@ -57,7 +75,7 @@ def as_rows(rows, shape: tuple, dtype: np.dtype, allow_nonfinite: bool, what: st
     with np.errstate(over="ignore"):
         cast = np.ascontiguousarray(arr, dtype=dtype)
     if not allow_nonfinite and cast.size:
-        flat = cast.reshape(-1, shape[-1]) if shape[-1] else cast.reshape(len(cast), 0)
+        flat = cast.reshape(-1, shape[-1])
         probe = flat if flat.dtype != np.float16 else flat.astype(np.float32)
         bad = any_nonfinite_row(probe)
         if bad >= 0:

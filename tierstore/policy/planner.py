@@ -21,9 +21,9 @@ import numpy as np
 from numba import njit
 
 from ..kernels.batch import dedupe
-from ..kernels.sketch import sketch_estimate, sketch_increment
-from ..kernels.slotmap import slotmap_delete, slotmap_get, slotmap_put
-from .queries import probe_slots
+from ..kernels.sketch import sketch_add, sketch_estimate
+from ..kernels.slotmap import slotmap_delete, slotmap_put
+from .queries import probe
 from .residency import on_hit, on_insert, on_remove, pick_victim, record_access
 from .state import (ADMISSIONS, CAPACITY, DEMOTIONS, DEVICE_HAND, DEVICE_HITS, DEVICE_ROWS,
                     DEVICE_SAMPLE, EPOCH, EVICTIONS, FREE_DEVICE, FREE_RAM, MISSES, PROMOTIONS,
@@ -52,7 +52,7 @@ def _count_start_tier(meta, start, count):
 
 
 @njit(cache=True)
-def _admit_and_evict(st, uniq, counts, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty):
+def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty):
     meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
         heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state = st
     epoch = meta[EPOCH]
@@ -61,12 +61,13 @@ def _admit_and_evict(st, uniq, counts, start_slot, aslot, fresh, ev_id, ev_slot,
         key = uniq[u]
         c = counts[u]
         _count_start_tier(meta, start_slot[u], c)
-        for _ in range(min(c, MAX_COUNT)):
-            sketch_increment(sketch, sketch_state, key)
-        e = slotmap_get(keys, vals, key)
-        if e >= 0:
-            on_hit(st, e, c)
-            record_access(st, True, c)
+        sketch_add(sketch, sketch_state, key, min(c, MAX_COUNT))
+        # a batch id stays resident from the batch's start until its own turn, or its
+        # entry was taken by another id: the probe from the batch's start still tells
+        e = start_entry[u]
+        if e >= 0 and entry_id[e] == key:
+            on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, c)
+            record_access(meta, fmeta, seg, prev, nxt, True, c)
         else:
             if meta[USED] < meta[CAPACITY]:
                 e = meta[USED]
@@ -75,8 +76,8 @@ def _admit_and_evict(st, uniq, counts, start_slot, aslot, fresh, ev_id, ev_slot,
                 phys[e] = p
                 owner[p] = e
             else:
-                e = pick_victim(st)
-                on_remove(st, e)
+                e = pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch)
+                on_remove(meta, seg, prev, nxt, freq, stamp, heap, hpos, e)
                 slotmap_delete(keys, vals, entry_id[e])
                 meta[EVICTIONS] += 1
                 if seen[e] == epoch:
@@ -91,9 +92,9 @@ def _admit_and_evict(st, uniq, counts, start_slot, aslot, fresh, ev_id, ev_slot,
             slotmap_put(keys, vals, key, e)
             dirty[e] = 0
             born[e] = epoch
-            on_insert(st, e, c)
+            on_insert(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, c)
             meta[ADMISSIONS] += 1
-            record_access(st, False, c)
+            record_access(meta, fmeta, seg, prev, nxt, False, c)
         seen[e] = epoch
         batch_pos[e] = u
         aslot[u] = phys[e]
@@ -170,16 +171,16 @@ def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
 
 
 @njit(cache=True)
-def plan_batch(st, uniq, counts, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty,
-               sw_u, sw_from, sw_to, sw_has_y):
+def plan_batch(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot,
+               ev_dirty, sw_u, sw_from, sw_to, sw_has_y):
     """Plan one batch; returns (number of evictions, number of promotions).
 
-    ``start_slot[u]`` is where row ``uniq[u]`` lay when the batch began (-1:
-    on disk); it only attributes hits to tiers. Output arrays hold at least
+    ``start_entry[u]`` and ``start_slot[u]`` are the entry and slot of row
+    ``uniq[u]`` when the batch began (-1: on disk), as ``probe`` gives them. Output arrays hold at least
     ``len(uniq)`` entries.
     """
     st[0][EPOCH] += 1
-    n_ev = _admit_and_evict(st, uniq, counts, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty)
+    n_ev = _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty)
     n_sw = _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y)
     return n_ev, n_sw
 
@@ -190,8 +191,9 @@ def simulate_trace(st, trace, batch):
     for start in range(0, len(trace), batch):
         uniq, _, counts = dedupe(trace[start:start + batch])
         n = len(uniq)
+        start_entry = np.empty(n, dtype=np.int64)
         start_slot = np.empty(n, dtype=np.int64)
-        probe_slots(st, uniq, start_slot)
+        probe(st, uniq, start_entry, start_slot)
         aslot = np.empty(n, dtype=np.int64)
         fresh = np.empty(n, dtype=np.bool_)
         ev_id = np.empty(n, dtype=np.int64)
@@ -201,5 +203,5 @@ def simulate_trace(st, trace, batch):
         sw_from = np.empty(n, dtype=np.int64)
         sw_to = np.empty(n, dtype=np.int64)
         sw_has_y = np.empty(n, dtype=np.bool_)
-        plan_batch(st, uniq, counts, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty,
+        plan_batch(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty,
                    sw_u, sw_from, sw_to, sw_has_y)

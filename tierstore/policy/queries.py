@@ -8,14 +8,22 @@ from .state import (CAPACITY, DEVICE_ROWS, FREE_DEVICE, FREE_RAM, HEAP_SIZE, LFU
 
 
 @njit(cache=True)
-def probe_slots(st, ids, out):
-    """Physical slot of each id, -1 where the row is not in memory."""
+def probe(st, ids, entries, slots):
+    """Entry and physical slot of each id; -1 for both where the row is not in memory."""
     keys = st[2]
     vals = st[3]
     phys = st[5]
     for k in range(len(ids)):
         e = slotmap_get(keys, vals, ids[k])
-        out[k] = phys[e] if e >= 0 else -1
+        entries[k] = e
+        slots[k] = phys[e] if e >= 0 else -1
+
+
+@njit(cache=True)
+def probe_slots(st, ids, slots):
+    """Physical slot of each id, -1 where the row is not in memory."""
+    entries = np.empty(len(ids), dtype=np.int64)
+    probe(st, ids, entries, slots)
 
 
 @njit(cache=True)

@@ -1,5 +1,8 @@
 """Who stays in memory: the replacement policies, one hook each.
 
+Hooks take the arrays they touch, never the state tuple: unpacking a tuple of
+arrays costs a reference-count update per array, per call, on the hot path.
+
 Every policy answers two questions about an entry (a resident row):
 ``on_hit`` (reorder it) and, when memory is full, ``pick_victim`` (which
 entry leaves to make room). ``adaptive`` and ``wtinylfu`` are W-TinyLFU: an
@@ -41,9 +44,7 @@ def _shrink_window(meta, seg, prev, nxt):
 
 
 @njit(cache=True)
-def on_hit(st, e, count):
-    meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
-        heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state = st
+def on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, count):
     meta[TICK] += 1
     freq[e] += count
     stamp[e] = meta[TICK]
@@ -58,10 +59,8 @@ def on_hit(st, e, count):
 
 
 @njit(cache=True)
-def on_insert(st, e, count):
+def on_insert(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, count):
     """Place a newly resident entry in the policy's order."""
-    meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
-        heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state = st
     meta[TICK] += 1
     freq[e] = count
     stamp[e] = meta[TICK]
@@ -75,9 +74,7 @@ def on_insert(st, e, count):
 
 
 @njit(cache=True)
-def on_remove(st, e):
-    meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
-        heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state = st
+def on_remove(meta, seg, prev, nxt, freq, stamp, heap, hpos, e):
     if meta[POLICY] == LFU:
         heap_remove(meta, heap, hpos, freq, stamp, e)
     else:
@@ -86,10 +83,8 @@ def on_remove(st, e):
 
 
 @njit(cache=True)
-def pick_victim(st):
+def pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch):
     """The entry to evict when memory is full and a newcomer must enter."""
-    meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
-        heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state = st
     policy = meta[POLICY]
     if policy == LFU:
         return np.int64(heap[0])
@@ -111,10 +106,8 @@ def pick_victim(st):
 
 
 @njit(cache=True)
-def record_access(st, hit, count):
+def record_access(meta, fmeta, seg, prev, nxt, hit, count):
     """Feed the hill climber; every sample it moves the window toward a better hit ratio."""
-    meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
-        heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state = st
     if meta[POLICY] != ADAPTIVE:
         return
     if hit:

@@ -9,36 +9,86 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
 from pathlib import Path
 
 import lmdb
 import numpy as np
 
 from ..codecs import Codec, get_codec
-from ..errors import (CorruptRowError, CorruptStoreError, DiskFullError, NotAStoreError,
-                      StoreLockedError)
+from ..errors import (ConfigError, CorruptRowError, CorruptStoreError, DiskFullError,
+                      NotAStoreError, StoreLockedError)
 from ..kernels.codec import verify_frames
 from .format import DICT_KEY, META_DB, META_KEY, ROWS_DB, StoreMeta, frame, row_keys, unframe_record
 
 LOCK_FILE = "writer.lock"
 
 
+MIN_FILE_BYTES = 2 * 4096  # LMDB's two meta pages
+_ENVS: dict[str, list] = {}  # real path -> [environment, readonly, users]
+_ENVS_LOCK = threading.Lock()
+
+
+def _acquire_env(path: Path, map_size: int, readonly: bool, create: bool) -> lmdb.Environment:
+    """The process's one LMDB environment for ``path``: LMDB forbids opening it twice."""
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        entry = _ENVS.get(key)
+        if entry is not None:
+            if entry[1] and not readonly:
+                raise StoreLockedError(
+                    f"{path}: this process has the store open read-only; "
+                    "close those handles before opening it for writing")
+            entry[2] += 1
+            return entry[0]
+        env = lmdb.open(str(path), map_size=map_size, max_dbs=2, readonly=readonly,
+                        readahead=False, meminit=False, create=create, lock=True)
+        _ENVS[key] = [env, readonly, 1]
+        return env
+
+
+def _release_env(path: Path):
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        entry = _ENVS.get(key)
+        if entry is None:
+            return
+        entry[2] -= 1
+        if entry[2] == 0:
+            entry[0].close()
+            del _ENVS[key]
+
+
 class DiskTier:
-    """An open LMDB environment holding one store's rows and metadata."""
+    """An open LMDB environment holding one store's rows and metadata.
+
+    Open an existing store with ``DiskTier(path, ...)``; make a new one with
+    :meth:`DiskTier.create`, write its rows, then :meth:`commit_meta`: a store
+    whose creation failed half way has no metadata and no files left.
+    """
 
     def __init__(self, path, *, readonly: bool, map_size: int, max_map_size: int | None,
-                 create_meta: StoreMeta | None = None, dictionary: bytes | None = None):
+                 _create: tuple | None = None):
         self.path = Path(path)
         self.readonly = readonly
         self.max_map_size = max_map_size
+        self.env = None
         self._lock_fd = None
         self.bytes_read = 0
         self.bytes_written = 0
-        self._open_env(map_size, create=create_meta is not None)
         try:
-            if create_meta is not None:
-                self._write_meta(create_meta, dictionary)
-            self.meta, self.codec = self._read_meta()
+            if _create is None:
+                self._check_files()
+            if not readonly:
+                self._take_writer_lock()
+            if _create is not None:
+                self._clear_for_create(overwrite=_create[2])
+            self._open_env(map_size, create=_create is not None)
+            if _create is None:
+                self.meta, self.codec = self._read_meta()
+            else:
+                self.meta, self._dictionary = _create[0], _create[1]
+                self.codec = self._codec_for(self.meta, self._dictionary)
         except BaseException:
             self.close()
             raise
@@ -48,34 +98,74 @@ class DiskTier:
         constant = self.meta.constant
         self.fill_row = np.full(self.meta.dim, 0 if constant is None else constant, dtype=dtype)
 
+    @classmethod
+    def create(cls, path, meta: StoreMeta, dictionary: bytes | None, *, map_size: int,
+               max_map_size: int | None, overwrite: bool) -> "DiskTier":
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return cls(path, readonly=False, map_size=map_size, max_map_size=max_map_size,
+                   _create=(meta, dictionary, overwrite))
+
+    def commit_meta(self):
+        """Write the metadata record: from now on the path is a store."""
+        def put(txn):
+            txn.put(META_KEY, self.meta.to_bytes(), db=self.meta_db)
+            if self._dictionary is not None:
+                txn.put(DICT_KEY, frame(DICT_KEY, self._dictionary), db=self.meta_db)
+        self.write(put)
+        self.sync()
+
+    def destroy(self):
+        """Close and delete the files of a store whose creation failed."""
+        self.close(release_lock=False)
+        self._remove_files()
+        self._release_lock()
+
     # -- opening ---------------------------------------------------------------------------
+    def _check_files(self):
+        data = self.path / "data.mdb"
+        if not self.path.exists():
+            raise NotAStoreError(f"{self.path}: no such store")
+        if not data.is_file():
+            raise NotAStoreError(f"{self.path}: not a tierstore (no data.mdb inside)")
+        if data.stat().st_size < MIN_FILE_BYTES:
+            raise NotAStoreError(f"{data}: too short to be an LMDB database "
+                                 f"({data.stat().st_size} bytes)")
+
+    def _clear_for_create(self, overwrite: bool):
+        if (self.path / "data.mdb").exists():
+            if not overwrite:
+                raise FileExistsError(
+                    f"{self.path}: a store already exists; pass overwrite=True to replace it")
+            self._remove_files()
+
+    def _remove_files(self):
+        for name in ("data.mdb", "lock.mdb"):
+            (self.path / name).unlink(missing_ok=True)
+
     def _open_env(self, map_size, create):
-        if not create:
-            if not self.path.exists():
-                raise NotAStoreError(f"{self.path}: no such store")
-            if not (self.path / "data.mdb").is_file():
-                raise NotAStoreError(f"{self.path}: not a tierstore (no data.mdb inside)")
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
-        if not self.readonly:
-            self._take_writer_lock()
         if not create:
             map_size = max(map_size, (self.path / "data.mdb").stat().st_size)
         try:
-            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=2,
-                                 readonly=self.readonly, readahead=False, meminit=False,
-                                 create=create, lock=True)
+            self.env = _acquire_env(self.path, map_size, self.readonly, create)
             self.rows_db = self.env.open_db(ROWS_DB, create=create)
             self.meta_db = self.env.open_db(META_DB, create=create)
         except lmdb.InvalidError as exc:
-            self._release_lock()
             raise NotAStoreError(f"{self.path}: not an LMDB database ({exc})") from None
-        except lmdb.NotFoundError:
-            self._release_lock()
+        except (lmdb.NotFoundError, lmdb.IncompatibleError):
             raise NotAStoreError(f"{self.path}: an LMDB database without tierstore tables") from None
         except lmdb.Error as exc:
-            self._release_lock()
             raise CorruptStoreError(f"{self.path}: LMDB cannot open it ({exc})") from None
+        if not create:
+            self._check_length()
+
+    def _check_length(self):
+        """A truncated data file would crash the process (SIGBUS) on first touch: refuse it."""
+        info = self.env.info()
+        needed = (info["last_pgno"] + 1) * self.env.stat()["psize"]
+        actual = (self.path / "data.mdb").stat().st_size
+        if actual < needed:
+            raise CorruptStoreError(
+                f"{self.path / 'data.mdb'}: truncated ({actual} bytes, LMDB needs {needed})")
 
     def _take_writer_lock(self):
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -95,30 +185,33 @@ class DiskTier:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _write_meta(self, meta: StoreMeta, dictionary: bytes | None):
-        def put(txn):
-            txn.put(META_KEY, meta.to_bytes(), db=self.meta_db)
-            if dictionary is not None:
-                txn.put(DICT_KEY, frame(DICT_KEY, dictionary), db=self.meta_db)
-        self.write(put)
-
     def _read_meta(self) -> tuple[StoreMeta, Codec]:
         with self.env.begin(db=self.meta_db) as txn:
             meta = StoreMeta.from_bytes(txn.get(META_KEY), self.path)
             raw_dict = txn.get(DICT_KEY)
-        config = dict(meta.codec)
+        dictionary = None
         if raw_dict is not None:
-            config["dictionary"] = unframe_record(DICT_KEY, raw_dict, "zstd dictionary")
-        elif config.get("id") == "zstd" and config.get("dict_size", 0) > 0:
+            dictionary = unframe_record(DICT_KEY, raw_dict, "zstd dictionary")
+        elif meta.codec.get("id") == "zstd" and meta.codec.get("dict_size", 0) > 0:
             raise CorruptStoreError(f"{self.path}: the zstd dictionary record is missing")
-        return meta, get_codec(config)
+        try:
+            return meta, self._codec_for(meta, dictionary)
+        except ConfigError as exc:
+            raise CorruptStoreError(f"{self.path}: metadata names a bad codec ({exc})") from None
 
-    def close(self):
-        env = getattr(self, "env", None)
-        if env is not None:
-            env.close()
+    @staticmethod
+    def _codec_for(meta: StoreMeta, dictionary: bytes | None) -> Codec:
+        config = dict(meta.codec)
+        if dictionary is not None:
+            config["dictionary"] = dictionary
+        return get_codec(config)
+
+    def close(self, release_lock: bool = True):
+        if self.env is not None:
             self.env = None
-        self._release_lock()
+            _release_env(self.path)
+        if release_lock:
+            self._release_lock()
 
     # -- writing ---------------------------------------------------------------------------
     def write(self, body):

@@ -1,0 +1,397 @@
+"""Slow, obvious reference implementations of tierstore's numba kernels.
+
+Every function here is written for clarity, not speed: plain Python loops,
+Python ints with explicit 64-bit masking, ``dict``/``OrderedDict`` caches.
+The tests in ``test_kernels.py`` and ``test_policy_reference.py`` compare the
+kernels against these, in the manner of stumpy's ``tests/naive.py``.
+"""
+from __future__ import annotations
+
+import zlib
+from collections import OrderedDict
+
+import numpy as np
+
+MASK64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+M1 = 0xBF58476D1CE4E5B9
+M2 = 0x94D049BB133111EB
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def mix64(key: int, seed: int) -> int:
+    """splitmix64's finalizer of ``key + seed * golden``, all arithmetic mod 2**64."""
+    z = (int(key) + int(seed) * GOLDEN) & MASK64
+    z = ((z ^ (z >> 30)) * M1) & MASK64
+    z = ((z ^ (z >> 27)) * M2) & MASK64
+    return z ^ (z >> 31)
+
+
+def table_size(n: int, load: float = 0.5, minimum: int = 8) -> int:
+    size = minimum
+    while size * load < n:
+        size *= 2
+    return size
+
+
+def home(key: int, size: int) -> int:
+    """The bucket a slot map of ``size`` buckets starts probing ``key`` at."""
+    return mix64(key, 0) & (size - 1)
+
+
+# --------------------------------------------------------------------------- slot map
+
+
+def slotmap_contents(keys: np.ndarray, vals: np.ndarray) -> dict[int, int]:
+    """The mapping an open-addressing table holds (keys == -1 mark empty buckets)."""
+    return {int(k): int(v) for k, v in zip(keys, vals) if k != -1}
+
+
+def slotmap_problems(keys: np.ndarray) -> list[str]:
+    """Structural faults of a linear-probing table; empty when it is sound.
+
+    Every key must be reachable from its home bucket without crossing an
+    empty bucket (otherwise a lookup stops early), and no key may appear twice.
+    """
+    size = len(keys)
+    problems = []
+    present = [int(k) for k in keys if k != -1]
+    if len(present) != len(set(present)):
+        problems.append("duplicate key")
+    for pos in range(size):
+        k = int(keys[pos])
+        if k == -1:
+            continue
+        i = home(k, size)
+        while i != pos:
+            if keys[i] == -1:
+                problems.append(f"key {k} at {pos} unreachable from home {home(k, size)}")
+                break
+            i = (i + 1) % size
+    return problems
+
+
+# --------------------------------------------------------------------------- sketch
+
+
+class NaiveCountMin:
+    """Count-min sketch, conservative update, 8-bit saturating counters, halving.
+
+    Each key owns ``depth`` counters, given by ``positions(key)``. Two layouts:
+
+    * ``"rows"``: a ``(depth, width)`` table; row ``d`` uses
+      ``mix64(key, d + 1) & (width - 1)``.
+    * ``"blocked"`` (Caffeine's cache-line sketch): a ``(blocks, 64)`` table;
+      with ``h = mix64(key, 1)`` the key's block is ``h & (blocks - 1)`` and
+      its counter of depth ``d`` is column ``16 d + ((h >> (32 + 8 d)) & 15)``.
+
+    An increment raises only the key's counters that equal its current
+    estimate (the minimum), saturating at 255. Once ``additions`` reaches
+    ``sample_size`` every counter and ``additions`` are halved.
+    """
+
+    def __init__(self, shape, layout: str = "rows", additions: int = 0, sample_size: int = 160,
+                 depth: int = 4):
+        rows, cols = shape
+        assert layout in ("rows", "blocked")
+        assert rows & (rows - 1) == 0 and cols & (cols - 1) == 0
+        if layout == "rows":
+            assert rows == depth
+        else:
+            assert cols % depth == 0
+        self.layout = layout
+        self.depth = depth
+        self.shape = (rows, cols)
+        self.table = [[0] * cols for _ in range(rows)]
+        self.additions = additions
+        self.sample_size = sample_size
+        self.halvings = 0
+
+    def positions(self, key: int) -> list[tuple[int, int]]:
+        rows, cols = self.shape
+        if self.layout == "rows":
+            return [(d, mix64(key, d + 1) & (cols - 1)) for d in range(self.depth)]
+        h = mix64(key, 1)
+        block = h & (rows - 1)
+        per = cols // self.depth
+        return [(block, d * per + ((h >> (32 + 8 * d)) & (per - 1))) for d in range(self.depth)]
+
+    def estimate(self, key: int) -> int:
+        return min([255] + [self.table[r][c] for r, c in self.positions(key)])
+
+    def halve(self):
+        self.table = [[c >> 1 for c in row] for row in self.table]
+        self.additions //= 2
+        self.halvings += 1
+
+    def _raise(self, key: int):
+        current = self.estimate(key)
+        if current < 255:
+            for r, c in self.positions(key):
+                if self.table[r][c] == current:
+                    self.table[r][c] = current + 1
+
+    def increment(self, key: int):
+        self._raise(key)
+        self.additions += 1
+        if self.additions >= self.sample_size:
+            self.halve()
+
+    def add(self, key: int, amount: int):
+        """``amount`` conservative increments at once, then at most one halving."""
+        for _ in range(amount):
+            self._raise(key)
+        self.additions += amount
+        if self.additions >= self.sample_size:
+            self.halve()
+
+    def as_array(self) -> np.ndarray:
+        return np.array(self.table, dtype=np.uint8).reshape(self.shape)
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def first_out_of_range(ids, num_rows) -> int:
+    for k, i in enumerate(ids):
+        if not 0 <= i < num_rows:
+            return k
+    return -1
+
+
+def dedupe(ids):
+    """(unique ids in first-seen order, inverse, counts) with a dict."""
+    order: dict[int, int] = {}
+    inverse = []
+    counts = []
+    for i in ids:
+        i = int(i)
+        if i not in order:
+            order[i] = len(order)
+            counts.append(0)
+        inverse.append(order[i])
+        counts[order[i]] += 1
+    return (np.array(list(order), dtype=np.int64), np.array(inverse, dtype=np.int64),
+            np.array(counts, dtype=np.int64))
+
+
+def dedupe_last(ids):
+    """(unique ids in first-seen order, index of each one's last occurrence)."""
+    last: dict[int, int] = {}
+    for k, i in enumerate(ids):
+        last[int(i)] = k  # a dict keeps first-insertion order when a value is updated
+    return np.array(list(last), dtype=np.int64), np.array(list(last.values()), dtype=np.int64)
+
+
+def gather_rows(src, index, dst):
+    dst = dst.copy()
+    for k, i in enumerate(index):
+        dst[k] = src[i]
+    return dst
+
+
+def scatter_rows(src, index, dst):
+    dst = dst.copy()
+    for k, i in enumerate(index):
+        dst[i] = src[k]
+    return dst
+
+
+def gather_tiered(device, ram, device_rows, slots, out):
+    out = out.copy()
+    for k, s in enumerate(slots):
+        if s < 0:
+            continue
+        out[k] = device[s] if s < device_rows else ram[s - device_rows]
+    return out
+
+
+def scatter_tiered(rows, slots, device, ram, device_rows):
+    device = device.copy()
+    ram = ram.copy()
+    for k, s in enumerate(slots):
+        if s < device_rows:
+            device[s] = rows[k]
+        else:
+            ram[s - device_rows] = rows[k]
+    return device, ram
+
+
+def any_nonfinite_row(rows) -> int:
+    for i, row in enumerate(rows):
+        for x in row:
+            if x != x or x in (float("inf"), float("-inf")):
+                return i
+    return -1
+
+
+# --------------------------------------------------------------------------- codec kernels
+
+
+def crc32_bitwise(data: bytes, crc: int = 0) -> int:
+    """zlib's CRC-32 one bit at a time (reflected, poly 0xEDB88320)."""
+    c = crc ^ 0xFFFFFFFF
+    for byte in data:
+        c ^= byte
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+    return c ^ 0xFFFFFFFF
+
+
+def frame(key: int, payload: bytes) -> bytes:
+    """A disk-tier value: payload, then CRC-32 of (8-byte big-endian key, payload), little-endian."""
+    crc = zlib.crc32(key.to_bytes(8, "big") + payload)
+    return payload + crc.to_bytes(4, "little")
+
+
+def verify_frames(keybuf: bytes, buf: bytes, starts, stops):
+    """(ok, new stops): each value's trailing CRC checked, and stripped from its stop."""
+    ok = []
+    new_stops = []
+    for i, (a, b) in enumerate(zip(starts, stops)):
+        a, b = int(a), int(b)
+        if b - a < 4:
+            ok.append(False)
+            new_stops.append(b)
+            continue
+        key = bytes(keybuf[8 * i:8 * i + 8])
+        payload = bytes(buf[a:b - 4])
+        stored = int.from_bytes(bytes(buf[b - 4:b]), "little")
+        ok.append(zlib.crc32(key + payload) == stored)
+        new_stops.append(b - 4)
+    return np.array(ok, dtype=np.bool_), np.array(new_stops, dtype=np.int64)
+
+
+def decode_raw_rows(buf: bytes, starts, stops, out):
+    """(out, ok): payload ``i`` copied into ``out[i]`` when its length is the row width."""
+    out = out.copy()
+    ok = []
+    width = out.shape[1]
+    for i, (a, b) in enumerate(zip(starts, stops)):
+        a, b = int(a), int(b)
+        if b - a != width:
+            ok.append(False)
+            continue
+        out[i] = np.frombuffer(bytes(buf[a:b]), dtype=np.uint8)
+        ok.append(True)
+    return out, np.array(ok, dtype=np.bool_)
+
+
+def decode_int8_rows(buf: bytes, starts, stops, out):
+    """(out, ok): float32 little-endian scale then ``dim`` int8, times the scale, in float32."""
+    out = out.copy()
+    ok = []
+    dim = out.shape[1]
+    for i, (a, b) in enumerate(zip(starts, stops)):
+        a, b = int(a), int(b)
+        if b - a != 4 + dim:
+            ok.append(False)
+            continue
+        raw = bytes(buf[a:b])
+        scale = np.frombuffer(raw[:4], dtype="<f4")[0]
+        q = np.frombuffer(raw[4:], dtype=np.int8)
+        with np.errstate(all="ignore"):
+            for j in range(dim):
+                out[i, j] = np.float32(q[j]) * np.float32(scale)
+        ok.append(True)
+    return out, np.array(ok, dtype=np.bool_)
+
+
+# --------------------------------------------------------------------------- caches
+
+
+class NaiveLRU:
+    """Least recently used, every miss admitted."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.order: OrderedDict[int, None] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def access(self, key: int, count: int = 1) -> bool:
+        """One access (``count`` accesses of one id in one batch move it once)."""
+        if key in self.order:
+            self.order.move_to_end(key)
+            self.hits += 1
+            return True
+        self.misses += 1
+        if self.capacity == 0:
+            return False
+        if len(self.order) >= self.capacity:
+            self.order.popitem(last=False)
+        self.order[key] = None
+        return False
+
+    def resident(self) -> set[int]:
+        return set(self.order)
+
+
+class NaiveLFU:
+    """Least frequently used since admission; ties go to the oldest last access.
+
+    An admitted id starts at count 1, each hit adds 1; every miss is admitted,
+    evicting the id with the smallest (count, time of last access).
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.count: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self.clock = 0
+        self.hits = 0
+        self.misses = 0
+
+    def access(self, key: int, count: int = 1) -> bool:
+        """``count`` accesses of ``key`` at once (a batch's duplicates)."""
+        self.clock += 1
+        if key in self.count:
+            self.count[key] += count
+            self.last[key] = self.clock
+            self.hits += 1
+            return True
+        self.misses += 1
+        if self.capacity == 0:
+            return False
+        if len(self.count) >= self.capacity:
+            victim = min(self.count, key=lambda k: (self.count[k], self.last[k]))
+            del self.count[victim]
+            del self.last[victim]
+        self.count[key] = count
+        self.last[key] = self.clock
+        return False
+
+    def resident(self) -> set[int]:
+        return set(self.count)
+
+
+def run_cache(cache, trace):
+    """Feed ``trace`` to a naive cache; returns (hits, misses)."""
+    for key in trace:
+        cache.access(int(key))
+    return cache.hits, cache.misses
+
+
+def run_cache_batched(cache, trace, batch):
+    """Feed ``trace`` in batches the way the planner does; returns (hits, misses).
+
+    A batch's ids are taken once each, in first-seen order, with their count
+    in the batch; all of an id's accesses are hits when it was resident as the
+    batch began, misses otherwise (the cache itself still sees one access).
+    """
+    hits = misses = 0
+    for start in range(0, len(trace), batch):
+        chunk = [int(k) for k in trace[start:start + batch]]
+        counts: dict[int, int] = {}
+        for k in chunk:
+            counts[k] = counts.get(k, 0) + 1
+        resident = cache.resident()
+        for k, c in counts.items():
+            if k in resident:
+                hits += c
+            else:
+                misses += c
+            cache.access(k, c)
+    return hits, misses

@@ -1,0 +1,178 @@
+"""The replacement policies against naive Python caches, and their bookkeeping invariants."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+
+sys.path.insert(0, os.path.dirname(__file__))
+import naive  # noqa: E402
+
+from tierstore.policy import POLICIES  # noqa: E402
+from tierstore.policy.planner import simulate_trace  # noqa: E402
+from tierstore.policy.queries import check_invariants  # noqa: E402
+from tierstore.policy.state import (ADMISSIONS, DEVICE_HITS, EVICTIONS, MISSES,  # noqa: E402
+                                    RAM_HITS, USED, CacheState)
+
+# numba compiles the planner on its first call: no per-example deadline
+jit_settings = settings(deadline=None)
+
+NAIVE = {"lru": naive.NaiveLRU, "lfu": naive.NaiveLFU}
+
+traces = st.lists(st.integers(0, 15), max_size=150)
+
+
+def _simulate(state, trace, batch):
+    simulate_trace(state.arrays(), np.asarray(trace, dtype=np.int64), batch)
+
+
+def _hits(state):
+    return int(state.meta[RAM_HITS] + state.meta[DEVICE_HITS])
+
+
+def _misses(state):
+    return int(state.meta[MISSES])
+
+
+def test_policies_listed():
+    assert set(POLICIES) == {"adaptive", "wtinylfu", "lru", "lfu"}
+
+
+# =========================================================================== exact references
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@jit_settings
+@given(ram_rows=st.integers(1, 6), trace=traces)
+def test_ram_only_batch1_matches_naive(policy, ram_rows, trace):
+    """device_rows=0, batch=1: exactly the hits of a naive cache of ram_rows."""
+    state = CacheState.new(0, ram_rows, policy)
+    _simulate(state, trace, 1)
+    ref = NAIVE[policy](ram_rows)
+    hits, misses = naive.run_cache(ref, trace)
+    assert (_hits(state), _misses(state)) == (hits, misses)
+    assert state.meta[DEVICE_HITS] == 0
+    assert set(state.resident()) == ref.resident()
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@jit_settings
+@given(device_rows=st.integers(0, 4), ram_rows=st.integers(0, 6), batch=st.integers(1, 8),
+       chunks=st.lists(traces, min_size=1, max_size=4))
+def test_batched_with_device_matches_naive(policy, device_rows, ram_rows, batch, chunks):
+    """Where a row lies never changes who is resident: capacity device+ram, any batch.
+
+    The planner takes a batch's unique ids once each in first-seen order and
+    counts all of an id's accesses as hits iff it was resident as the batch began.
+    """
+    assume(device_rows + ram_rows >= 1)
+    state = CacheState.new(device_rows, ram_rows, policy)
+    ref = NAIVE[policy](device_rows + ram_rows)
+    hits = misses = 0
+    for trace in chunks:
+        _simulate(state, trace, batch)
+        h, m = naive.run_cache_batched(ref, trace, batch)
+        hits += h
+        misses += m
+        assert (_hits(state), _misses(state)) == (hits, misses)
+        assert set(state.resident()) == ref.resident()
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@pytest.mark.parametrize("seed", range(3))
+def test_long_skewed_trace_matches_naive(policy, seed):
+    rng = np.random.default_rng(seed)
+    capacity = int(rng.integers(5, 60))
+    trace = (rng.zipf(1.3, 4000) + rng.integers(0, 50, 4000) * (rng.random(4000) < 0.2)) % 500
+    state = CacheState.new(0, capacity, policy)
+    _simulate(state, trace, 1)
+    ref = NAIVE[policy](capacity)
+    assert (_hits(state), _misses(state)) == naive.run_cache(ref, trace)
+    assert set(state.resident()) == ref.resident()
+
+
+def test_lfu_evicts_least_frequent_then_oldest():
+    state = CacheState.new(0, 2, "lfu")
+    # 1 is used twice, 2 once; 3 must push out 2
+    _simulate(state, [1, 1, 2, 3], 1)
+    assert set(state.resident()) == {1, 3}
+    # 1 (count 2) vs 3 (count 1) then 3 hit -> tie at 2; 1's last access is older
+    _simulate(state, [3, 4], 1)
+    assert set(state.resident()) == {3, 4}
+
+
+def test_lru_evicts_least_recent():
+    state = CacheState.new(0, 3, "lru")
+    _simulate(state, [1, 2, 3, 1, 4], 1)
+    assert set(state.resident()) == {1, 3, 4}
+    assert (_hits(state), _misses(state)) == (1, 4)
+
+
+# =========================================================================== invariants
+
+
+def _check_state(state, device_rows, ram_rows, accesses, seen_ids):
+    assert check_invariants(state.arrays()) == 0
+    resident = state.resident()
+    slots = list(resident.values())
+    assert len(resident) <= device_rows + ram_rows
+    assert len(resident) == state.meta[USED]
+    assert set(resident) <= seen_ids
+    assert len(set(slots)) == len(slots)
+    assert all(0 <= s < device_rows + ram_rows for s in slots)
+    assert sum(s < device_rows for s in slots) <= device_rows
+    assert sum(s >= device_rows for s in slots) <= ram_rows
+    assert _hits(state) + _misses(state) == accesses
+    assert state.meta[ADMISSIONS] - state.meta[EVICTIONS] == state.meta[USED]
+    if device_rows == 0:
+        assert state.meta[DEVICE_HITS] == 0
+
+
+@jit_settings
+@given(policy=st.sampled_from(["adaptive", "wtinylfu", "lru", "lfu"]),
+       device_rows=st.integers(0, 4), ram_rows=st.integers(0, 6), batch=st.integers(1, 9),
+       chunks=st.lists(st.lists(st.integers(0, 20), max_size=80), min_size=1, max_size=5))
+def test_invariants_hold(policy, device_rows, ram_rows, batch, chunks):
+    assume(device_rows + ram_rows >= 1)
+    state = CacheState.new(device_rows, ram_rows, policy)
+    _check_state(state, device_rows, ram_rows, 0, set())
+    accesses = 0
+    seen = set()
+    for trace in chunks:
+        _simulate(state, trace, batch)
+        accesses += len(trace)
+        seen.update(trace)
+        _check_state(state, device_rows, ram_rows, accesses, seen)
+
+
+@jit_settings
+@given(policy=st.sampled_from(["adaptive", "wtinylfu", "lru", "lfu"]),
+       device_rows=st.integers(0, 4), ram_rows=st.integers(0, 6),
+       trace=st.lists(st.integers(0, 12), min_size=1, max_size=40))
+def test_last_access_is_resident(policy, device_rows, ram_rows, trace):
+    """Every miss is admitted: after each single access the id is in memory."""
+    assume(device_rows + ram_rows >= 1)
+    state = CacheState.new(device_rows, ram_rows, policy)
+    for k, key in enumerate(trace):
+        _simulate(state, [key], 1)
+        assert key in state.resident()
+        assert _hits(state) + _misses(state) == k + 1
+    assert state.meta[ADMISSIONS] == _misses(state)
+
+
+@pytest.mark.parametrize("policy", ["adaptive", "wtinylfu", "lru", "lfu"])
+@pytest.mark.parametrize("batch", [1, 2, 7, 64, 10_000])
+def test_batch_size_keeps_access_total(policy, batch):
+    """Long enough to move the adaptive window (its hill climber samples 256 requests)."""
+    rng = np.random.default_rng(batch)
+    trace = np.concatenate([rng.zipf(1.2, 3000) % 300, rng.integers(0, 1000, 2000)]).astype(np.int64)
+    state = CacheState.new(8, 24, policy)
+    simulate_trace(state.arrays(), trace, batch)
+    assert _hits(state) + _misses(state) == len(trace)
+    assert check_invariants(state.arrays()) == 0
+    assert len(state.resident()) == 32
+    if batch == 1:
+        assert state.meta[ADMISSIONS] == _misses(state)

@@ -1,0 +1,30 @@
+"""The store against a dict model, for every policy and codec, with tiers of a few rows."""
+import pytest
+from hypothesis import settings
+
+import tierstore as ts
+from tierstore.testing import run_store_machine
+
+POLICIES = ["adaptive", "wtinylfu", "lru", "lfu"]
+TIERS = [(1, 1), (0, 3), (2, 3), (3, 0), (4, 8)]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("tiers", TIERS, ids=lambda t: f"dev{t[0]}-ram{t[1]}")
+def test_policies(policy, tiers):
+    run_store_machine(ts.StoreConfig(device_rows=tiers[0], ram_rows=tiers[1], policy=policy),
+                      settings=settings(max_examples=25))
+
+
+@pytest.mark.parametrize("codec", ["raw", "zstd", {"id": "zstd", "level": 5, "dict_size": 1024},
+                                   "int8"], ids=["raw", "zstd", "zstd-dict", "int8"])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_codecs(codec, dtype):
+    init = "array" if isinstance(codec, dict) else "constant"
+    run_store_machine(ts.StoreConfig(device_rows=2, ram_rows=2, codec=codec), dtype=dtype,
+                      init_kind=init, settings=settings(max_examples=20))
+
+
+def test_array_init_adaptive():
+    run_store_machine(ts.StoreConfig(device_rows=1, ram_rows=2), init_kind="array", dim=3,
+                      settings=settings(max_examples=20))
