@@ -7,7 +7,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def mix64(key, seed):
     """splitmix64's finalizer of ``key + seed * golden``: well spread, cheap."""
     z = np.uint64(key) + np.uint64(seed) * _GOLDEN

@@ -29,17 +29,17 @@ def new_sketch(capacity: int, width: int | None = None):
     return table, state
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def _block(table, h):
     return np.int64(h & np.uint64(table.shape[0] - 1))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def _column(h, d):
     return d * PER_DEPTH + np.int64((h >> np.uint64(32 + 8 * d)) & np.uint64(PER_DEPTH - 1))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sketch_estimate(table, key):
     h = mix64(key, 1)
     b = _block(table, h)
@@ -51,15 +51,15 @@ def sketch_estimate(table, key):
     return np.int64(best)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sketch_halve(table, state):
-    flat = table.reshape(-1)
-    for i in range(len(flat)):
-        flat[i] >>= 1
+    for b in range(table.shape[0]):
+        for w in range(table.shape[1]):
+            table[b, w] >>= 1
     state[ADDITIONS] //= 2
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sketch_add(table, state, key, amount):
     """Count ``amount`` accesses of ``key`` with conservative update.
 
@@ -78,13 +78,13 @@ def sketch_add(table, state, key, amount):
         sketch_halve(table, state)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sketch_increment(table, state, key):
     """Count one access of ``key`` (raising only the smallest counters)."""
     sketch_add(table, state, key, 1)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def sketch_estimate_many(table, ids, out):
     for k in range(len(ids)):
         out[k] = sketch_estimate(table, ids[k])

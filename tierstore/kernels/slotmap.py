@@ -17,12 +17,12 @@ def new_slotmap(capacity: int):
     return np.full(size, EMPTY, dtype=np.int64), np.zeros(size, dtype=np.int32)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def _home(keys, key):
     return np.int64(mix64(key, 0) & np.uint64(len(keys) - 1))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def slotmap_get(keys, vals, key):
     mask = len(keys) - 1
     i = _home(keys, key)
@@ -33,7 +33,7 @@ def slotmap_get(keys, vals, key):
     return np.int64(-1)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def slotmap_put(keys, vals, key, val):
     mask = len(keys) - 1
     i = _home(keys, key)
@@ -43,7 +43,7 @@ def slotmap_put(keys, vals, key, val):
     vals[i] = val
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def slotmap_delete(keys, vals, key):
     """Remove ``key``; shift later members of its run back so no tombstones pile up."""
     mask = len(keys) - 1
@@ -67,7 +67,7 @@ def slotmap_delete(keys, vals, key):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def slotmap_get_many(keys, vals, ids, out):
     for k in range(len(ids)):
         out[k] = slotmap_get(keys, vals, ids[k])

@@ -4,12 +4,12 @@ from numba import njit
 from .state import HEAP_SIZE
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", _nrt=False)
 def _less(freq, stamp, a, b):
     return freq[a] < freq[b] or (freq[a] == freq[b] and stamp[a] < stamp[b])
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _swap(heap, hpos, i, j):
     a = heap[i]
     b = heap[j]
@@ -19,7 +19,7 @@ def _swap(heap, hpos, i, j):
     hpos[a] = j
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _sift_up(heap, hpos, freq, stamp, i):
     while i > 0:
         parent = (i - 1) // 2
@@ -29,7 +29,7 @@ def _sift_up(heap, hpos, freq, stamp, i):
         i = parent
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def heap_sift_down(meta, heap, hpos, freq, stamp, i):
     n = meta[HEAP_SIZE]
     while True:
@@ -45,7 +45,7 @@ def heap_sift_down(meta, heap, hpos, freq, stamp, i):
         i = child
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def heap_push(meta, heap, hpos, freq, stamp, s):
     i = meta[HEAP_SIZE]
     heap[i] = s
@@ -54,7 +54,7 @@ def heap_push(meta, heap, hpos, freq, stamp, s):
     _sift_up(heap, hpos, freq, stamp, i)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def heap_remove(meta, heap, hpos, freq, stamp, s):
     i = hpos[s]
     last = meta[HEAP_SIZE] - 1

@@ -4,7 +4,7 @@ from numba import njit
 from .state import HEAD0, SIZE0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def list_push_front(meta, prev, nxt, lst, s):
     head = meta[HEAD0 + 2 * lst]
     prev[s] = -1
@@ -17,7 +17,7 @@ def list_push_front(meta, prev, nxt, lst, s):
     meta[SIZE0 + lst] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def list_remove(meta, prev, nxt, lst, s):
     p = prev[s]
     n = nxt[s]
@@ -34,11 +34,11 @@ def list_remove(meta, prev, nxt, lst, s):
     meta[SIZE0 + lst] -= 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def list_back(meta, lst):
     return meta[HEAD0 + 2 * lst + 1]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def list_size(meta, lst):
     return meta[SIZE0 + lst]

@@ -32,7 +32,7 @@ from .state import (ADMISSIONS, CAPACITY, DEMOTIONS, DEVICE_HAND, DEVICE_HITS, D
 MAX_COUNT = 255
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _take_free_slot(meta, free_device, free_ram):
     if meta[FREE_DEVICE] > 0:
         meta[FREE_DEVICE] -= 1
@@ -41,7 +41,7 @@ def _take_free_slot(meta, free_device, free_ram):
     return np.int64(free_ram[meta[FREE_RAM]])
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _count_start_tier(meta, start, count):
     if start < 0:
         meta[MISSES] += count
@@ -103,7 +103,7 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
     return n_ev
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _device_victim(meta, owner, entry_id, swapped, sketch, epoch):
     """The least used of a few device slots past the clock hand (not yet moved this batch)."""
     device_rows = meta[DEVICE_ROWS]

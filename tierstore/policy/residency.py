@@ -24,26 +24,26 @@ from .state import (ADAPTIVE, CAPACITY, HILL_DECAY, HILL_RESTART, HILL_STEP, LFU
                     WINDOW, WINDOW_CAP, WINDOW_F)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _move(meta, seg, prev, nxt, e, to):
     list_remove(meta, prev, nxt, seg[e], e)
     list_push_front(meta, prev, nxt, to, e)
     seg[e] = to
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _shrink_protected(meta, seg, prev, nxt):
     while list_size(meta, PROTECTED) > meta[PROTECTED_CAP]:
         _move(meta, seg, prev, nxt, list_back(meta, PROTECTED), PROBATION)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _shrink_window(meta, seg, prev, nxt):
     while list_size(meta, WINDOW) > meta[WINDOW_CAP]:
         _move(meta, seg, prev, nxt, list_back(meta, WINDOW), PROBATION)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, count):
     meta[TICK] += 1
     freq[e] += count
@@ -58,7 +58,7 @@ def on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, count):
         _shrink_protected(meta, seg, prev, nxt)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_insert(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, count):
     """Place a newly resident entry in the policy's order."""
     meta[TICK] += 1
@@ -73,7 +73,7 @@ def on_insert(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, count):
             _shrink_window(meta, seg, prev, nxt)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_remove(meta, seg, prev, nxt, freq, stamp, heap, hpos, e):
     if meta[POLICY] == LFU:
         heap_remove(meta, heap, hpos, freq, stamp, e)
@@ -82,7 +82,7 @@ def on_remove(meta, seg, prev, nxt, freq, stamp, heap, hpos, e):
         seg[e] = NO_SEGMENT
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch):
     """The entry to evict when memory is full and a newcomer must enter."""
     policy = meta[POLICY]
@@ -105,7 +105,7 @@ def pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch):
     return candidate
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def record_access(meta, fmeta, seg, prev, nxt, hit, count):
     """Feed the hill climber; every sample it moves the window toward a better hit ratio."""
     if meta[POLICY] != ADAPTIVE:
