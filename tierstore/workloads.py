@@ -2,8 +2,8 @@
 
 Popularity follows Zipf(alpha) over ranks; ranks map to row ids through a
 fixed random permutation, so hot rows are scattered over the table as hashed
-n-gram ids are. A drifting stream shifts the rank -> id map every ``phase``
-ids, so the popular set changes from topic to topic.
+n-gram ids are. A drifting stream moves from topic to topic: each topic
+makes another random set of rows popular.
 """
 from __future__ import annotations
 
@@ -24,14 +24,18 @@ def zipf_ids(num_rows: int, alpha: float, size: int, seed: int = 0) -> np.ndarra
     return perm[_zipf_ranks(num_rows, alpha, size, rng)].astype(np.int64)
 
 
-def drifting_ids(num_rows: int, alpha: float, size: int, phase: int, seed: int = 0) -> np.ndarray:
-    """Zipf ids whose popular set moves to other rows every ``phase`` ids."""
+def drifting_ids(num_rows: int, alpha: float, size: int, phase: int,
+                 topic_rows: int | None = None, seed: int = 0) -> np.ndarray:
+    """Topic after topic: every ``phase`` ids a new random set of ``topic_rows`` rows
+    (default ``num_rows // 20``) becomes popular, Zipf(alpha) within the set."""
     rng = np.random.default_rng(seed)
-    perm = rng.permutation(num_rows)
-    ranks = _zipf_ranks(num_rows, alpha, size, rng)
-    shifts = rng.integers(0, num_rows, size=(size + phase - 1) // phase)
-    shift = np.repeat(shifts, phase)[:size]
-    return perm[(ranks + shift) % num_rows].astype(np.int64)
+    topic_rows = max(1, num_rows // 20 if topic_rows is None else min(topic_rows, num_rows))
+    out = np.empty(size, dtype=np.int64)
+    for start in range(0, size, phase):
+        stop = min(start + phase, size)
+        topic = rng.choice(num_rows, size=topic_rows, replace=False)
+        out[start:stop] = topic[_zipf_ranks(topic_rows, alpha, stop - start, rng)]
+    return out
 
 
 def uniform_ids(num_rows: int, size: int, seed: int = 0) -> np.ndarray:

@@ -25,7 +25,7 @@ from ..kernels.sketch import sketch_add, sketch_estimate
 from ..kernels.slotmap import slotmap_delete, slotmap_put
 from .queries import probe
 from .residency import on_hit, on_insert, on_remove, pick_victim, record_access
-from .state import (ADMISSIONS, CAPACITY, DEMOTIONS, DEVICE_HAND, DEVICE_HITS, DEVICE_ROWS,
+from .state import (ADMISSIONS, BAR_RESCAN, BAR_SKIPS, CAPACITY, DEMOTIONS, DEVICE_BAR, DEVICE_HAND, DEVICE_HITS, DEVICE_ROWS,
                     DEVICE_SAMPLE, EPOCH, EVICTIONS, FREE_DEVICE, FREE_RAM, MISSES, PROMOTIONS,
                     RAM_HITS, USED, WRITEBACKS)
 
@@ -149,8 +149,16 @@ def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
             owner[p] = -1
             has_y = False
         else:
+            est = sketch_estimate(sketch, uniq[u])
+            # most RAM rows are colder than every device row: the last scan's least-used
+            # device row sets a bar that spares them the scan
+            if est <= meta[DEVICE_BAR] and meta[BAR_SKIPS] < BAR_RESCAN:
+                meta[BAR_SKIPS] += 1
+                continue
             d, victim_est = _device_victim(meta, owner, entry_id, swapped, sketch, epoch)
-            if d < 0 or sketch_estimate(sketch, uniq[u]) <= victim_est:
+            meta[DEVICE_BAR] = victim_est
+            meta[BAR_SKIPS] = 0
+            if d < 0 or est <= victim_est:
                 continue
             ey = owner[d]
             owner[p] = ey

@@ -21,7 +21,7 @@ from .lists import list_back, list_push_front, list_remove, list_size
 from .state import (ADAPTIVE, CAPACITY, HILL_DECAY, HILL_RESTART, HILL_STEP, LFU, LRU,
                     NO_SEGMENT, POLICY, PREV_HIT_RATE, PROBATION, PROTECTED, PROTECTED_CAP,
                     PROTECTED_SHARE, SAMPLE_HITS, SAMPLE_MISSES, SAMPLE_SIZE, STEP, TICK,
-                    WINDOW, WINDOW_CAP, WINDOW_F)
+                    WINDOW, WINDOW_CAP, WINDOW_F, RECENT_SHIFT)
 
 
 @njit(cache=True, _nrt=False)
@@ -47,15 +47,22 @@ def _shrink_window(meta, seg, prev, nxt):
 def on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, count):
     meta[TICK] += 1
     freq[e] += count
-    stamp[e] = meta[TICK]
     policy = meta[POLICY]
     if policy == LFU:
+        stamp[e] = meta[TICK]
         heap_sift_down(meta, heap, hpos, freq, stamp, hpos[e])
-    elif policy == LRU or seg[e] == WINDOW or seg[e] == PROTECTED:
-        _move(meta, seg, prev, nxt, e, seg[e])
-    else:
+    elif policy == LRU:
+        stamp[e] = meta[TICK]
+        _move(meta, seg, prev, nxt, e, WINDOW)
+    elif seg[e] == PROBATION:
+        stamp[e] = meta[TICK]
         _move(meta, seg, prev, nxt, e, PROTECTED)
         _shrink_protected(meta, seg, prev, nxt)
+    elif meta[TICK] - stamp[e] > (meta[CAPACITY] >> RECENT_SHIFT):
+        # a row moved to the front less than capacity/8 moves ago is still near it:
+        # leaving it there saves the list surgery on most hits of a Zipf stream
+        stamp[e] = meta[TICK]
+        _move(meta, seg, prev, nxt, e, seg[e])
 
 
 @njit(cache=True, _nrt=False)

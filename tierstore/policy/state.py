@@ -29,7 +29,7 @@ NO_SEGMENT, WINDOW, PROBATION, PROTECTED = -1, 0, 1, 2
  FREE_DEVICE, FREE_RAM, DEVICE_HAND, EPOCH, USED,
  SAMPLE_HITS, SAMPLE_MISSES, SAMPLE_SIZE,
  DEVICE_HITS, RAM_HITS, MISSES, ADMISSIONS, EVICTIONS, PROMOTIONS, DEMOTIONS,
- WRITEBACKS, META_LEN) = range(33)
+ WRITEBACKS, DEVICE_BAR, BAR_SKIPS, META_LEN) = range(35)
 
 # slots of ``fmeta`` (float64): hill climber
 PREV_HIT_RATE, STEP, WINDOW_F, FMETA_LEN = range(4)
@@ -38,7 +38,9 @@ HILL_STEP = 0.0625
 HILL_DECAY = 0.98
 HILL_RESTART = 0.05
 PROTECTED_SHARE = 0.8
+RECENT_SHIFT = 3  # W-TinyLFU leaves a hit row in place if it moved within capacity >> 3 moves
 DEVICE_SAMPLE = 8
+BAR_RESCAN = 64  # a candidate under the last scan's bar skips the scan, but not this many in a row
 
 
 @dataclass

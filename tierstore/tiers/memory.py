@@ -2,18 +2,11 @@
 
 Physical slots ``[0, device_rows)`` lie in the device slab, the rest in the
 RAM slab. On ``device="cpu"`` both slabs are numpy arrays and every move is
-a numba copy over byte views; the CUDA slab (tiers/cuda.py) keeps the same
-interface with the device slab in HBM.
+numpy fancy indexing (memcpy-speed row copies).
 """
 from __future__ import annotations
 
 import numpy as np
-
-from ..kernels.batch import gather_tiered, scatter_tiered
-
-
-def _bytes(rows: np.ndarray) -> np.ndarray:
-    return rows.view(np.uint8).reshape(len(rows), rows.shape[1] * rows.dtype.itemsize)
 
 
 class HostMemory:
@@ -25,12 +18,13 @@ class HostMemory:
         self.dtype = np.dtype(dtype)
         self.device = np.zeros((device_rows, dim), dtype=self.dtype)
         self.ram = np.zeros((ram_rows, dim), dtype=self.dtype)
-        self._device_bytes = _bytes(self.device)
-        self._ram_bytes = _bytes(self.ram)
 
     def gather(self, slots: np.ndarray, out: np.ndarray):
         """``out[k]`` = the row in slot ``slots[k]``; rows where the slot is -1 are left alone."""
-        gather_tiered(self._device_bytes, self._ram_bytes, self.device_rows, slots, _bytes(out))
+        on_device = (slots >= 0) & (slots < self.device_rows)
+        in_ram = slots >= self.device_rows
+        out[on_device] = self.device[slots[on_device]]
+        out[in_ram] = self.ram[slots[in_ram] - self.device_rows]
 
     def read(self, slots: np.ndarray) -> np.ndarray:
         out = np.empty((len(slots), self.dim), dtype=self.dtype)
@@ -38,8 +32,10 @@ class HostMemory:
         return out
 
     def write(self, slots: np.ndarray, rows: np.ndarray):
-        rows = np.ascontiguousarray(rows, dtype=self.dtype)
-        scatter_tiered(_bytes(rows), slots, self._device_bytes, self._ram_bytes, self.device_rows)
+        rows = np.asarray(rows, dtype=self.dtype)
+        on_device = slots < self.device_rows
+        self.device[slots[on_device]] = rows[on_device]
+        self.ram[slots[~on_device] - self.device_rows] = rows[~on_device]
 
     def to_output(self, rows: np.ndarray, as_torch: bool):
         if not as_torch:

@@ -1,0 +1,83 @@
+"""Store behaviour beyond the state machine: scale, durability, threads, torch ids."""
+import threading
+
+import numpy as np
+import pytest
+
+import tierstore as ts
+
+
+def test_bookkeeping_follows_capacity_not_rows(tmp_path):
+    config = ts.StoreConfig(device_rows=64, ram_rows=512)
+    small = ts.create(tmp_path / "small", 1000, 8, config=config)
+    huge = ts.create(tmp_path / "huge", 100_000_000, 8, config=config)  # constant init: instant
+    assert huge.stats()["bookkeeping_bytes"] == small.stats()["bookkeeping_bytes"]
+    ids = np.array([0, 99_999_999, 12_345_678])
+    assert huge.lookup(ids).shape == (3, 8)
+    assert huge._disk.stored_rows() == 0
+    small.close()
+    huge.close()
+
+
+def test_rows_equal_to_constant_init_are_not_stored(tmp_path):
+    with ts.create(tmp_path / "s", 100, 4, init=2.0, config=ts.StoreConfig(device_rows=1, ram_rows=1)) as s:
+        s.update([1, 2], np.array([[2.0] * 4, [3.0] * 4]))
+        s.flush()
+        for i in range(3, 20):  # push 1 and 2 out of memory
+            s.lookup([i])
+        s.flush()
+        assert s._disk.stored_rows() == 1
+        np.testing.assert_array_equal(s.lookup([1, 2])[:, 0], [2.0, 3.0])
+
+
+def test_flush_is_durable_across_processes(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "s"
+    ts.create(path, 50, 4, "float32").close()
+    code = (
+        "import numpy as np, os, tierstore as ts\n"
+        f"s = ts.open({str(path)!r}, config=ts.StoreConfig(device_rows=4, ram_rows=4))\n"
+        "s.update(np.arange(8), np.full((8, 4), 5.0))\n"
+        "s.flush()\n"
+        "s.update(np.arange(8), np.full((8, 4), 6.0))\n"
+        "os._exit(0)\n"  # no close: unflushed updates may be lost, flushed ones may not
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    with ts.open(path, readonly=True) as s:
+        got = s.lookup(np.arange(8))[:, 0]
+    assert set(np.unique(got)) <= {5.0, 6.0}
+
+
+def test_threads_share_a_store(tmp_path):
+    table = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+    store = ts.create(tmp_path / "s", 500, 8, "float32", init=table,
+                      config=ts.StoreConfig(device_rows=8, ram_rows=16))
+    errors = []
+
+    def reader(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(200):
+            ids = rng.integers(0, 500, size=32)
+            if not np.array_equal(store.lookup(ids), table[ids]):
+                errors.append(seed)
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.close()
+    assert not errors
+
+
+def test_torch_ids_give_torch_rows(tmp_path):
+    torch = pytest.importorskip("torch")
+    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    with ts.create(tmp_path / "s", 10, 4, "float32", init=table) as s:
+        out = s.lookup(torch.tensor([[1, 2], [3, 1]]))
+        assert isinstance(out, torch.Tensor) and out.shape == (2, 2, 4)
+        assert torch.equal(out[0, 0], torch.tensor(table[1]))
+        s.update(torch.tensor([0]), torch.ones(1, 4))
+        assert s.lookup([0]).tolist() == [[1.0] * 4]
