@@ -185,20 +185,6 @@ def dedupe_last(ids):
     return np.array(list(last), dtype=np.int64), np.array(list(last.values()), dtype=np.int64)
 
 
-def gather_rows(src, index, dst):
-    dst = dst.copy()
-    for k, i in enumerate(index):
-        dst[k] = src[i]
-    return dst
-
-
-def scatter_rows(src, index, dst):
-    dst = dst.copy()
-    for k, i in enumerate(index):
-        dst[i] = src[k]
-    return dst
-
-
 def gather_tiered(device, ram, device_rows, slots, out):
     out = out.copy()
     for k, s in enumerate(slots):

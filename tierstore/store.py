@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .config import DTYPES, StoreConfig
-from .errors import ClosedStoreError, ConfigError, CorruptRowError, ReadOnlyError, TierstoreError
+from .config import StoreConfig
+from .errors import ClosedStoreError, CorruptRowError, ReadOnlyError, TierstoreError
 from .kernels.batch import dedupe, dedupe_last
 from .policy import CacheState
 from .policy import state as S
 from .policy.planner import plan_batch
-from .policy.queries import check_invariants, clear_dirty, dirty_rows, mark_dirty, probe, probe_slots
+from .policy.queries import check_invariants, clear_dirty, dirty_rows, mark_dirty, probe
 from .tiers.disk import DiskTier
-from .tiers.format import StoreMeta
 from .tiers.memory import HostMemory
 from .validation import as_id_array, as_rows, is_torch_tensor
 
@@ -171,8 +169,9 @@ class Store:
                                self.config.allow_nonfinite)
             uniq, last = dedupe_last(id_array.reshape(-1))
             values = new_rows.reshape(-1, self.dim)[last]
+            entries = np.empty(len(uniq), dtype=np.int64)
             slots = np.empty(len(uniq), dtype=np.int64)
-            probe_slots(self._st, uniq, slots)
+            probe(self._st, uniq, entries, slots)
             resident = slots >= 0
             self._disk.write_rows(uniq[~resident], values[~resident])
             self._drop_pending(uniq[~resident])

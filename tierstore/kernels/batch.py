@@ -1,4 +1,4 @@
-"""Batch kernels on the lookup path: range checks, dedupe, row gather/scatter."""
+"""Batch kernels on the lookup path: range checks, dedupe, finiteness."""
 import numpy as np
 from numba import njit
 
@@ -62,20 +62,6 @@ def dedupe_last(ids):
 
 
 @njit(cache=True)
-def gather_rows(src, index, dst):
-    """``dst[k] = src[index[k]]`` over byte views of rows."""
-    for k in range(len(index)):
-        dst[k, :] = src[index[k], :]
-
-
-@njit(cache=True)
-def scatter_rows(src, index, dst):
-    """``dst[index[k]] = src[k]`` over byte views of rows."""
-    for k in range(len(index)):
-        dst[index[k], :] = src[k, :]
-
-
-@njit(cache=True)
 def any_nonfinite_row(rows):
     """Index of the first row holding NaN or Inf, or -1 (float32/64 rows)."""
     for i in range(rows.shape[0]):
@@ -83,27 +69,3 @@ def any_nonfinite_row(rows):
             if not np.isfinite(rows[i, j]):
                 return i
     return -1
-
-
-@njit(cache=True)
-def gather_tiered(device, ram, device_rows, slots, out):
-    """``out[k]`` = the row in physical slot ``slots[k]`` (skipped where -1), byte views."""
-    for k in range(len(slots)):
-        s = slots[k]
-        if s < 0:
-            continue
-        if s < device_rows:
-            out[k, :] = device[s, :]
-        else:
-            out[k, :] = ram[s - device_rows, :]
-
-
-@njit(cache=True)
-def scatter_tiered(rows, slots, device, ram, device_rows):
-    """The row ``rows[k]`` into physical slot ``slots[k]``, byte views."""
-    for k in range(len(slots)):
-        s = slots[k]
-        if s < device_rows:
-            device[s, :] = rows[k, :]
-        else:
-            ram[s - device_rows, :] = rows[k, :]

@@ -76,15 +76,3 @@ def sketch_add(table, state, key, amount):
     state[ADDITIONS] += amount
     if state[ADDITIONS] >= state[SAMPLE_SIZE]:
         sketch_halve(table, state)
-
-
-@njit(cache=True, _nrt=False)
-def sketch_increment(table, state, key):
-    """Count one access of ``key`` (raising only the smallest counters)."""
-    sketch_add(table, state, key, 1)
-
-
-@njit(cache=True, _nrt=False)
-def sketch_estimate_many(table, ids, out):
-    for k in range(len(ids)):
-        out[k] = sketch_estimate(table, ids[k])

@@ -65,9 +65,3 @@ def slotmap_delete(keys, vals, key):
             i = j
     keys[i] = EMPTY
     return True
-
-
-@njit(cache=True, _nrt=False)
-def slotmap_get_many(keys, vals, ids, out):
-    for k in range(len(ids)):
-        out[k] = slotmap_get(keys, vals, ids[k])

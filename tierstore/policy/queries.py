@@ -20,13 +20,6 @@ def probe(st, ids, entries, slots):
 
 
 @njit(cache=True)
-def probe_slots(st, ids, slots):
-    """Physical slot of each id, -1 where the row is not in memory."""
-    entries = np.empty(len(ids), dtype=np.int64)
-    probe(st, ids, entries, slots)
-
-
-@njit(cache=True)
 def mark_dirty(st, ids):
     """Flag the resident rows among ``ids`` as newer than disk."""
     keys = st[2]

@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
-                                 rule, run_state_machine_as_test)
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test)
 
 from .. import api
 from ..config import StoreConfig
@@ -62,6 +61,8 @@ class StoreMachine(RuleBasedStateMachine):
         return flat.reshape(np.shape(ids) + (self.dim,))
 
     def assert_rows(self, got, ids):
+        if hasattr(got, "cpu"):  # a torch tensor (device="cuda" returns CUDA tensors)
+            got = got.cpu().numpy()
         want = self.expected(ids)
         assert got.shape == want.shape, (got.shape, want.shape)
         codec = self.store.codec
