@@ -11,7 +11,7 @@ from .errors import ClosedStoreError, CorruptRowError, ReadOnlyError, TierstoreE
 from .kernels.batch import dedupe, dedupe_last
 from .policy import CacheState
 from .policy import state as S
-from .policy.planner import plan_batch
+from .policy.planner import plan_batch, plan_outputs
 from .policy.queries import check_invariants, clear_dirty, dirty_rows, mark_dirty, probe
 from .tiers.disk import DiskTier
 from .tiers.memory import HostMemory
@@ -109,16 +109,8 @@ class Store:
             rows[positions[hit]] = self._pending_rows[where[hit]]
 
     def _plan_and_move(self, uniq, counts, entries, start, rows):
-        n = len(uniq)
-        aslot = np.empty(n, dtype=np.int64)
-        fresh = np.empty(n, dtype=np.bool_)
-        ev_id = np.empty(n, dtype=np.int64)
-        ev_slot = np.empty(n, dtype=np.int64)
-        ev_dirty = np.empty(n, dtype=np.uint8)
-        sw_u = np.empty(n, dtype=np.int64)
-        sw_from = np.empty(n, dtype=np.int64)
-        sw_to = np.empty(n, dtype=np.int64)
-        sw_has_y = np.empty(n, dtype=np.bool_)
+        aslot, fresh, ev_id, ev_slot, ev_dirty, sw_u, sw_from, sw_to, sw_has_y = \
+            plan_outputs(len(uniq))
         n_ev, n_sw = plan_batch(self._st, uniq, counts, entries, start, aslot, fresh, ev_id, ev_slot,
                                 ev_dirty, sw_u, sw_from, sw_to, sw_has_y)
         dirty = np.flatnonzero(ev_dirty[:n_ev])

@@ -194,6 +194,15 @@ def plan_batch(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, e
 
 
 @njit(cache=True)
+def plan_outputs(n):
+    """The output arrays ``plan_batch`` fills for a batch of ``n`` unique ids."""
+    return (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.bool_),
+            np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint8),
+            np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64),
+            np.empty(n, dtype=np.bool_))
+
+
+@njit(cache=True)
 def simulate_trace(st, trace, batch):
     """Replay ``trace`` in batches through the store's planner, moving no data."""
     for start in range(0, len(trace), batch):
@@ -202,14 +211,6 @@ def simulate_trace(st, trace, batch):
         start_entry = np.empty(n, dtype=np.int64)
         start_slot = np.empty(n, dtype=np.int64)
         probe(st, uniq, start_entry, start_slot)
-        aslot = np.empty(n, dtype=np.int64)
-        fresh = np.empty(n, dtype=np.bool_)
-        ev_id = np.empty(n, dtype=np.int64)
-        ev_slot = np.empty(n, dtype=np.int64)
-        ev_dirty = np.empty(n, dtype=np.uint8)
-        sw_u = np.empty(n, dtype=np.int64)
-        sw_from = np.empty(n, dtype=np.int64)
-        sw_to = np.empty(n, dtype=np.int64)
-        sw_has_y = np.empty(n, dtype=np.bool_)
-        plan_batch(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty,
-                   sw_u, sw_from, sw_to, sw_has_y)
+        aslot, fresh, ev_id, ev_slot, ev_dirty, sw_u, sw_from, sw_to, sw_has_y = plan_outputs(n)
+        plan_batch(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot,
+                   ev_dirty, sw_u, sw_from, sw_to, sw_has_y)

@@ -11,9 +11,10 @@ import numpy as np
 
 from ..errors import ConfigError
 from ._torch import torch_module
+from .memory import HostMemory
 
 
-class CudaMemory:
+class CudaMemory(HostMemory):
     """Device slab in GPU memory (torch), RAM slab in host memory (numpy)."""
 
     def __init__(self, device_rows: int, ram_rows: int, dim: int, dtype, device: str):
@@ -39,11 +40,6 @@ class CudaMemory:
         if on_device.any():
             out[on_device] = self.device.index_select(0, self._index(slots[on_device])).cpu().numpy()
         out[in_ram] = self.ram[slots[in_ram] - self.device_rows]
-
-    def read(self, slots: np.ndarray) -> np.ndarray:
-        out = np.empty((len(slots), self.dim), dtype=self.dtype)
-        self.gather(slots, out)
-        return out
 
     def write(self, slots: np.ndarray, rows: np.ndarray):
         rows = np.asarray(rows, dtype=self.dtype)
