@@ -81,3 +81,32 @@ def test_torch_ids_give_torch_rows(tmp_path):
         assert torch.equal(out[0, 0], torch.tensor(table[1]))
         s.update(torch.tensor([0]), torch.ones(1, 4))
         assert s.lookup([0]).tolist() == [[1.0] * 4]
+
+
+def test_prefetched_rows_come_without_disk_reads(tmp_path):
+    table = np.random.default_rng(1).standard_normal((1000, 8)).astype(np.float32)
+    with ts.create(tmp_path / "s", 1000, 8, "float32", init=table,
+                   config=ts.StoreConfig(device_rows=4, ram_rows=16)) as store:
+        ids = np.arange(100, 164)
+        assert store.prefetch(ids).wait(timeout=60) == 64
+        before = store.stats()["disk"]["reads"], store._disk.bytes_read
+        np.testing.assert_array_equal(store.lookup(ids), table[ids])
+        assert store._disk.bytes_read == before[1]  # nothing read from LMDB by the lookup
+        assert store.stats()["prefetch"]["rows_used"] == 64
+
+
+def test_update_during_prefetch_never_leaves_a_stale_row(tmp_path):
+    table = np.zeros((5000, 4), dtype=np.float32)
+    with ts.create(tmp_path / "s", 5000, 4, "float32", init=table,
+                   config=ts.StoreConfig(device_rows=2, ram_rows=2)) as store:
+        rng = np.random.default_rng(2)
+        model = table.copy()
+        for step in range(60):
+            ids = rng.integers(0, 5000, size=200)
+            handles = [store.prefetch(ids) for _ in range(2)]
+            upd = ids[rng.integers(0, 200, size=20)]
+            store.update(upd, np.full((20, 4), float(step + 1), dtype=np.float32))
+            model[upd] = step + 1
+            if step % 3 == 0:
+                handles[0].wait()
+            np.testing.assert_array_equal(store.lookup(ids), model[ids])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,12 +13,14 @@ from .kernels.batch import dedupe, dedupe_last
 from .policy import CacheState
 from .policy import state as S
 from .policy.planner import plan_batch, plan_outputs
-from .policy.queries import check_invariants, clear_dirty, dirty_rows, mark_dirty, probe
+from .policy.queries import check_invariants, clear_dirty, dirty_rows, mark_dirty, probe, touch
+from .prefetch import PrefetchHandle, Staging
 from .tiers.disk import DiskTier
 from .tiers.memory import HostMemory
 from .validation import as_id_array, as_rows, is_torch_tensor
 
 CREATE_CHUNK = 1 << 16
+PREFETCH_MIN_ROWS = 1 << 18
 
 
 @dataclass
@@ -68,6 +71,12 @@ class Store:
         self._pending_ids = np.empty(0, dtype=np.int64)
         self._pending_rows = np.empty((0, self.dim), dtype=self.dtype)
         self._closed = False
+        self._staging = Staging(limit_rows=max(4 * config.memory_rows, PREFETCH_MIN_ROWS))
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._write_gen = 0          # bumped by every update
+        self._recent_writes = []     # (gen, ids) of updates while prefetches are in flight
+        self._inflight = 0
+        self._prefetch_stats = {"prefetches": 0, "rows_read": 0, "rows_used": 0}
 
     # -- reading ---------------------------------------------------------------------------
     def lookup(self, ids):
@@ -95,6 +104,10 @@ class Store:
         rows = np.empty((n, self.dim), dtype=self.dtype)
         self._memory.gather(start, rows)
         missing = np.flatnonzero(start < 0)
+        if len(missing) and self._staging.rows:
+            staged = self._staging.take(uniq[missing], rows, missing)
+            self._prefetch_stats["rows_used"] += int(staged.sum())
+            missing = missing[~staged]
         if len(missing):
             self._read_disk(uniq[missing], rows, missing)
         self._plan_and_move(uniq, counts, entries, start, rows)
@@ -102,11 +115,16 @@ class Store:
 
     def _read_disk(self, ids, rows, positions):
         self._disk.read_rows(ids, rows, positions)
-        if len(self._pending_ids):
-            where = np.searchsorted(self._pending_ids, ids)
-            where = np.minimum(where, len(self._pending_ids) - 1)
-            hit = self._pending_ids[where] == ids
-            rows[positions[hit]] = self._pending_rows[where[hit]]
+        self._overlay_pending(ids, rows, positions)
+
+    def _overlay_pending(self, ids, rows, positions=None):
+        """Rows whose write-back failed are newer than disk: they win over what was read."""
+        if not len(self._pending_ids) or not len(ids):
+            return
+        positions = np.arange(len(ids)) if positions is None else positions
+        where = np.minimum(np.searchsorted(self._pending_ids, ids), len(self._pending_ids) - 1)
+        hit = self._pending_ids[where] == ids
+        rows[positions[hit]] = self._pending_rows[where[hit]]
 
     def _plan_and_move(self, uniq, counts, entries, start, rows):
         aslot, fresh, ev_id, ev_slot, ev_dirty, sw_u, sw_from, sw_to, sw_has_y = \
@@ -146,6 +164,60 @@ class Store:
             keep = ~np.isin(self._pending_ids, ids)
             self._pending_ids, self._pending_rows = self._pending_ids[keep], self._pending_rows[keep]
 
+    # -- prefetching ------------------------------------------------------------------------
+    def prefetch(self, ids) -> PrefetchHandle:
+        """Start bringing the rows of ``ids`` toward memory in the background.
+
+        Disk reads and decoding run on a worker thread; a later ``lookup`` of these
+        ids takes the staged rows instead of waiting on disk. Several prefetches may
+        be queued (lookahead of several batches); rows in memory that they name are
+        moved away from eviction. Returns a handle whose ``wait()`` blocks until done.
+        """
+        with self._lock:
+            self._check_open()
+            uniq = dedupe(as_id_array(ids, self.num_rows).reshape(-1))[0]
+            if self._prefetcher is None:
+                self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="tierstore-prefetch")
+            self._inflight += 1
+            self._prefetch_stats["prefetches"] += 1
+            return PrefetchHandle(self._prefetcher.submit(self._prefetch_rows, uniq))
+
+    def _prefetch_rows(self, uniq):
+        try:
+            with self._lock:
+                if self._closed:
+                    return 0
+                slots = np.empty(len(uniq), dtype=np.int64)
+                probe(self._st, uniq, np.empty(len(uniq), dtype=np.int64), slots)
+                touch(self._st, uniq[slots >= 0])
+                wanted = uniq[slots < 0]
+                wanted = wanted[~self._staging.contains(wanted)]
+                gen = self._write_gen
+            rows = np.empty((len(wanted), self.dim), dtype=self.dtype)
+            self._disk.read_rows(wanted, rows, np.arange(len(wanted)))
+            with self._lock:
+                fresh = ~np.isin(wanted, self._written_since(gen))
+                wanted, rows = wanted[fresh], rows[fresh]
+                self._overlay_pending(wanted, rows)
+                self._staging.add(wanted, rows)
+                self._prefetch_stats["rows_read"] += len(wanted)
+                return len(wanted)
+        finally:
+            with self._lock:
+                self._inflight -= 1
+                if not self._inflight:
+                    self._recent_writes = []
+
+    def _note_write(self, ids):
+        self._write_gen += 1
+        self._staging.drop(ids)
+        if self._inflight:
+            self._recent_writes.append((self._write_gen, ids))
+
+    def _written_since(self, gen):
+        late = [ids for g, ids in self._recent_writes if g > gen]
+        return np.concatenate(late) if late else np.empty(0, dtype=np.int64)
+
     # -- writing ---------------------------------------------------------------------------
     def update(self, ids, rows):
         """Overwrite rows; with duplicate ids in one call the last one wins.
@@ -166,6 +238,7 @@ class Store:
             probe(self._st, uniq, entries, slots)
             resident = slots >= 0
             self._disk.write_rows(uniq[~resident], values[~resident])
+            self._note_write(uniq)
             self._drop_pending(uniq[~resident])
             self._memory.write(slots[resident], values[resident])
             mark_dirty(self._st, uniq[resident])
@@ -216,6 +289,7 @@ class Store:
             "policy": self.config.policy,
             "window_rows": int(m[S.WINDOW_CAP]),
             "pending_writebacks": int(len(self._pending_ids)),
+            "prefetch": dict(self._prefetch_stats, staged_rows=self._staging.rows),
             "bookkeeping_bytes": self._state.nbytes(),
         }
 
@@ -262,6 +336,8 @@ class Store:
     # -- life cycle ------------------------------------------------------------------------
     def close(self):
         """Flush (unless read-only) and release the files. Closing twice is harmless."""
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True)  # outside the lock: the worker needs it
         with self._lock:
             if self._closed:
                 return
@@ -270,6 +346,7 @@ class Store:
                     self.flush()
             finally:
                 self._closed = True
+                self._staging.clear()
                 self._disk.close()
 
     def __enter__(self):

@@ -3,6 +3,7 @@ import numpy as np
 from numba import njit
 
 from ..kernels.slotmap import slotmap_get
+from .residency import on_hit
 from .state import (CAPACITY, DEVICE_ROWS, FREE_DEVICE, FREE_RAM, HEAP_SIZE, LFU, POLICY, SIZE0,
                     USED)
 
@@ -17,6 +18,20 @@ def probe(st, ids, entries, slots):
         e = slotmap_get(keys, vals, ids[k])
         entries[k] = e
         slots[k] = phys[e] if e >= 0 else -1
+
+
+@njit(cache=True)
+def touch(st, ids):
+    """Reorder resident rows among ``ids`` as if used now, counting nothing: rows that
+    a queued prefetch says are about to be used move away from eviction."""
+    meta, seg, prev, nxt, freq, stamp, heap, hpos = st[0], st[8], st[9], st[10], st[11], st[12], \
+        st[13], st[14]
+    keys = st[2]
+    vals = st[3]
+    for k in range(len(ids)):
+        e = slotmap_get(keys, vals, ids[k])
+        if e >= 0:
+            on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, 0)
 
 
 @njit(cache=True)

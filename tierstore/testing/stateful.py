@@ -5,8 +5,8 @@ Run it on your own configuration::
     from tierstore.testing import run_store_machine
     run_store_machine(ts.StoreConfig(device_rows=2, ram_rows=3, policy="lru"))
 
-Rules look rows up, update them (duplicate ids included), flush, close and
-reopen, and run the integrity check; with tiers of a few rows, rows move
+Rules look rows up, prefetch them, update them (duplicate ids included),
+flush, close and reopen, and run the integrity check; with tiers of a few rows, rows move
 between device, RAM and disk at almost every step. After every step the
 bookkeeping invariants must hold: no tier above its capacity, each resident
 id in exactly one slot.
@@ -89,6 +89,12 @@ class StoreMachine(RuleBasedStateMachine):
         self.store.update(np.asarray(ids), rows)
         for i, row in zip(ids, rows):
             self.model[i] = row
+
+    @rule(ids=ids_1d, wait=st.booleans())
+    def prefetch(self, ids, wait):
+        handle = self.store.prefetch(np.asarray(ids, dtype=np.int64))
+        if wait:
+            handle.wait()
 
     @rule()
     def flush(self):

@@ -1,0 +1,86 @@
+"""Prefetch: rows of upcoming ids read from disk on a background thread.
+
+``Store.prefetch(ids)`` hands the ids to one worker thread, which reads the
+rows that are in neither memory tier (LMDB reads and decoding, off the
+caller's thread) into a staging area, and marks the resident ones as about to
+be used so the policy does not evict them first. A later ``lookup`` takes
+staged rows instead of reading the disk; they then enter the tiers by the
+usual policy. Staging is bounded; the oldest prefetch is dropped first.
+
+Consistency: an ``update`` drops staged copies of the rows it writes, and a
+prefetch that read the disk while an update ran discards those rows, so a
+staged row is never older than the last write.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import numpy as np
+
+
+class PrefetchHandle:
+    """A prefetch in flight. ``wait()`` blocks until its rows are staged and returns
+    how many rows it read from disk."""
+
+    def __init__(self, future: Future):
+        self._future = future
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._future.result(timeout)
+
+    result = wait
+
+
+class Staging:
+    """Rows read ahead of use, as a queue of (sorted ids, rows) chunks."""
+
+    def __init__(self, limit_rows: int):
+        self.limit_rows = limit_rows
+        self._chunks: list[tuple[np.ndarray, np.ndarray]] = []
+        self.rows = 0
+
+    def add(self, ids: np.ndarray, rows: np.ndarray):
+        if not len(ids):
+            return
+        order = np.argsort(ids)
+        self._chunks.append((ids[order], rows[order]))
+        self.rows += len(ids)
+        while self.rows > self.limit_rows and len(self._chunks) > 1:
+            self.rows -= len(self._chunks.pop(0)[0])
+
+    def take(self, ids: np.ndarray, out: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Copy staged rows of ``ids`` into ``out[positions]``; returns the mask of ids found."""
+        found = np.zeros(len(ids), dtype=bool)
+        for chunk_ids, chunk_rows in self._chunks:
+            where = np.minimum(np.searchsorted(chunk_ids, ids), len(chunk_ids) - 1)
+            hit = (chunk_ids[where] == ids) & ~found
+            out[positions[hit]] = chunk_rows[where[hit]]
+            found |= hit
+        if found.any():
+            self.drop(ids[found])
+        return found
+
+    def drop(self, ids: np.ndarray):
+        """Forget staged copies of ``ids``."""
+        if not self._chunks or not len(ids):
+            return
+        kept = []
+        for chunk_ids, chunk_rows in self._chunks:
+            keep = ~np.isin(chunk_ids, ids)
+            if keep.any():
+                kept.append((chunk_ids[keep], chunk_rows[keep]))
+        self._chunks = kept
+        self.rows = sum(len(c[0]) for c in kept)
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(ids), dtype=bool)
+        for chunk_ids, _ in self._chunks:
+            found |= np.isin(ids, chunk_ids)
+        return found
+
+    def clear(self):
+        self._chunks = []
+        self.rows = 0
