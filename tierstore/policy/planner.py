@@ -24,10 +24,11 @@ from ..kernels.batch import dedupe
 from ..kernels.sketch import sketch_add, sketch_estimate
 from ..kernels.slotmap import slotmap_delete, slotmap_put
 from .queries import probe
+from .ghosts import ghost_push, ghost_take
 from .residency import on_hit, on_insert, on_remove, pick_victim, record_access
 from .state import (ADMISSIONS, BAR_RESCAN, BAR_SKIPS, CAPACITY, DEMOTIONS, DEVICE_BAR, DEVICE_HAND, DEVICE_HITS, DEVICE_ROWS,
                     DEVICE_SAMPLE, EPOCH, EVICTIONS, FREE_DEVICE, FREE_RAM, MISSES, PROMOTIONS,
-                    RAM_HITS, USED, WRITEBACKS)
+                    RAM_HITS, USED, VICTIM_FROM_MAIN, WRITEBACKS)
 
 MAX_COUNT = 255
 
@@ -54,7 +55,8 @@ def _count_start_tier(meta, start, count):
 @njit(cache=True)
 def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty):
     meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
-        heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state = st
+        heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state, \
+        ghost_ring, ghost_keys, ghost_vals = st
     epoch = meta[EPOCH]
     n_ev = 0
     for u in range(len(uniq)):
@@ -67,8 +69,9 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
         e = start_entry[u]
         if e >= 0 and entry_id[e] == key:
             on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, c)
-            record_access(meta, fmeta, seg, prev, nxt, True, c)
+            record_access(meta, fmeta, seg, prev, nxt, True, c, -1)
         else:
+            ghost = ghost_take(meta, ghost_ring, ghost_keys, ghost_vals, key)
             if meta[USED] < meta[CAPACITY]:
                 e = meta[USED]
                 meta[USED] += 1
@@ -78,6 +81,8 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
             else:
                 e = pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch)
                 on_remove(meta, seg, prev, nxt, freq, stamp, heap, hpos, e)
+                ghost_push(meta, ghost_ring, ghost_keys, ghost_vals, meta[VICTIM_FROM_MAIN],
+                           entry_id[e])
                 slotmap_delete(keys, vals, entry_id[e])
                 meta[EVICTIONS] += 1
                 if seen[e] == epoch:
@@ -94,7 +99,7 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
             born[e] = epoch
             on_insert(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, c)
             meta[ADMISSIONS] += 1
-            record_access(meta, fmeta, seg, prev, nxt, False, c)
+            record_access(meta, fmeta, seg, prev, nxt, False, c, ghost)
         seen[e] = epoch
         batch_pos[e] = u
         aslot[u] = phys[e]
@@ -130,7 +135,8 @@ def _device_victim(meta, owner, entry_id, swapped, sketch, epoch):
 @njit(cache=True)
 def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
     meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
-        heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state = st
+        heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state, \
+        ghost_ring, ghost_keys, ghost_vals = st
     epoch = meta[EPOCH]
     device_rows = meta[DEVICE_ROWS]
     n_sw = 0

@@ -18,9 +18,9 @@ from numba import njit
 from ..kernels.sketch import sketch_estimate
 from .heap import heap_push, heap_remove, heap_sift_down
 from .lists import list_back, list_push_front, list_remove, list_size
-from .state import (ADAPTIVE, CAPACITY, HILL_DECAY, HILL_RESTART, HILL_STEP, LFU, LRU,
-                    NO_SEGMENT, POLICY, PREV_HIT_RATE, PROBATION, PROTECTED, PROTECTED_CAP,
-                    PROTECTED_SHARE, SAMPLE_HITS, SAMPLE_MISSES, SAMPLE_SIZE, STEP, TICK,
+from .state import (ADAPTIVE, CAPACITY, GHOST_HITS, GHOST_MARGIN, HILL_STEP, LFU, LRU, NO_SEGMENT, POLICY,
+                    PROBATION, PROTECTED, PROTECTED_CAP, PROTECTED_SHARE, SAMPLE_HITS,
+                    SAMPLE_MISSES, SAMPLE_SIZE, STEP, TICK, VICTIM_FROM_MAIN,
                     WINDOW, WINDOW_CAP, WINDOW_F, RECENT_SHIFT)
 
 
@@ -100,43 +100,66 @@ def pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch):
     victim = list_back(meta, PROBATION)
     if victim < 0:
         victim = list_back(meta, PROTECTED)
+    meta[VICTIM_FROM_MAIN] = 1
     if list_size(meta, WINDOW) < meta[WINDOW_CAP] or list_size(meta, WINDOW) == 0:
-        return victim if victim >= 0 else list_back(meta, WINDOW)
+        if victim >= 0:
+            return victim
+        meta[VICTIM_FROM_MAIN] = 0
+        return list_back(meta, WINDOW)
     candidate = list_back(meta, WINDOW)
-    if victim < 0:
-        return candidate
     # TinyLFU admission: the window's oldest row enters main only if used more often
-    if sketch_estimate(sketch, entry_id[candidate]) > sketch_estimate(sketch, entry_id[victim]):
+    if victim >= 0 and sketch_estimate(sketch, entry_id[candidate]) > sketch_estimate(sketch, entry_id[victim]):
         _move(meta, seg, prev, nxt, candidate, PROBATION)
         return victim
+    meta[VICTIM_FROM_MAIN] = 0
     return candidate
 
 
 @njit(cache=True, _nrt=False)
-def record_access(meta, fmeta, seg, prev, nxt, hit, count):
-    """Feed the hill climber; every sample it moves the window toward a better hit ratio."""
+def record_access(meta, fmeta, seg, prev, nxt, hit, count, ghost):
+    """Count one id's accesses for the adaptive window; every sample, move the window.
+
+    ``ghost`` tells which ghost a missed id was found in (-1: none). Over a sample
+    of ``capacity`` accesses, misses that a one-step-larger window would have hit
+    (ghost 0) are weighed against those a one-step-larger main would have hit
+    (ghost 1), and the window takes one step toward the larger. Both counts come
+    from the same stretch of the stream, so a drifting stream's swings in hit
+    ratio, which made Caffeine's comparison of successive samples oscillate here,
+    do not mislead it.
+    """
     if meta[POLICY] != ADAPTIVE:
         return
-    if hit:
-        meta[SAMPLE_HITS] += count
-    else:
-        meta[SAMPLE_MISSES] += 1
-        meta[SAMPLE_HITS] += count - 1
-    requests = meta[SAMPLE_HITS] + meta[SAMPLE_MISSES]
-    if requests < meta[SAMPLE_SIZE]:
+    meta[SAMPLE_HITS] += count if hit else count - 1
+    meta[SAMPLE_MISSES] += 0 if hit else 1
+    if ghost >= 0:
+        meta[GHOST_HITS + ghost] += 1
+    if meta[SAMPLE_HITS] + meta[SAMPLE_MISSES] < meta[SAMPLE_SIZE]:
         return
     capacity = meta[CAPACITY]
-    rate = meta[SAMPLE_HITS] / requests
-    change = rate - fmeta[PREV_HIT_RATE]
-    amount = fmeta[STEP] if change >= 0 else -fmeta[STEP]
-    if abs(change) >= HILL_RESTART:
-        fmeta[STEP] = HILL_STEP * capacity * (1.0 if amount >= 0 else -1.0)
-    else:
-        fmeta[STEP] = HILL_DECAY * amount
-    fmeta[PREV_HIT_RATE] = rate
+    for_window = meta[GHOST_HITS]
+    for_main = meta[GHOST_HITS + 1]
     meta[SAMPLE_HITS] = 0
     meta[SAMPLE_MISSES] = 0
-    fmeta[WINDOW_F] = min(max(fmeta[WINDOW_F] + amount, 1.0), float(capacity))
+    meta[GHOST_HITS] = 0
+    meta[GHOST_HITS + 1] = 0
+    # move only on a clear verdict: near-equal counts are noise, and on a stationary
+    # stream they would walk the window away from its best size
+    if GHOST_MARGIN * for_main < for_window:
+        direction = 1.0
+    elif GHOST_MARGIN * for_window < for_main:
+        direction = -1.0
+    else:
+        fmeta[STEP] = 0.0
+        return
+    base = HILL_STEP * capacity
+    step = direction * base
+    if step * fmeta[STEP] > 0:  # the same way again: speed up, up to a quarter of memory a step
+        step = max(-4 * base, min(4 * base, 1.5 * fmeta[STEP]))
+    fmeta[STEP] = step
+    fmeta[WINDOW_F] += step
+    # keep a sliver of main, so main keeps evicting and its ghost can pull the window back
+    top = max(1.0, float(capacity - max(1, capacity // 100)))
+    fmeta[WINDOW_F] = min(max(fmeta[WINDOW_F], 1.0), top)
     meta[WINDOW_CAP] = np.int64(fmeta[WINDOW_F] + 0.5)
     meta[PROTECTED_CAP] = np.int64(PROTECTED_SHARE * (capacity - meta[WINDOW_CAP]))
     _shrink_window(meta, seg, prev, nxt)

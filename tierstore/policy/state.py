@@ -29,14 +29,18 @@ NO_SEGMENT, WINDOW, PROBATION, PROTECTED = -1, 0, 1, 2
  FREE_DEVICE, FREE_RAM, DEVICE_HAND, EPOCH, USED,
  SAMPLE_HITS, SAMPLE_MISSES, SAMPLE_SIZE,
  DEVICE_HITS, RAM_HITS, MISSES, ADMISSIONS, EVICTIONS, PROMOTIONS, DEMOTIONS,
- WRITEBACKS, DEVICE_BAR, BAR_SKIPS, META_LEN) = range(35)
+ WRITEBACKS, DEVICE_BAR, BAR_SKIPS,
+ GHOST_CAP, GHOST_HEAD, GHOST_HEAD_MAIN, GHOST_LIVE, GHOST_LIVE_MAIN, VICTIM_FROM_MAIN,
+ GHOST_HITS, GHOST_HITS_MAIN, META_LEN) = range(43)
 
-# slots of ``fmeta`` (float64): hill climber
-PREV_HIT_RATE, STEP, WINDOW_F, FMETA_LEN = range(4)
+# ghosts: ids the window evicted (TinyLFU refused them main) and ids main evicted
+GHOST_WINDOW, GHOST_MAIN = 0, 1
+
+# slots of ``fmeta`` (float64): the adaptive window's exact size and last step
+WINDOW_F, STEP, FMETA_LEN = range(3)
 
 HILL_STEP = 0.0625
-HILL_DECAY = 0.98
-HILL_RESTART = 0.05
+GHOST_MARGIN = 1.5
 PROTECTED_SHARE = 0.8
 RECENT_SHIFT = 3  # W-TinyLFU leaves a hit row in place if it moved within capacity >> 3 moves
 DEVICE_SAMPLE = 8
@@ -70,6 +74,9 @@ class CacheState:
     free_ram: np.ndarray
     sketch: np.ndarray
     sketch_state: np.ndarray
+    ghost_ring: np.ndarray
+    ghost_keys: np.ndarray
+    ghost_vals: np.ndarray
 
     @classmethod
     def new(cls, device_rows: int, ram_rows: int, policy: str, sketch_width: int | None = None):
@@ -83,14 +90,17 @@ class CacheState:
         meta[WINDOW_CAP] = window
         meta[PROTECTED_CAP] = int(PROTECTED_SHARE * (capacity - window))
         meta[SAMPLE_SIZE] = max(capacity, 256)
+        # ghosts remember one climbing step's worth of evicted ids on each side
+        ghost_cap = max(1, int(HILL_STEP * capacity)) if policy == "adaptive" else 0
+        meta[GHOST_CAP] = ghost_cap
         fmeta = np.zeros(FMETA_LEN, dtype=np.float64)
-        fmeta[STEP] = -HILL_STEP * capacity
         fmeta[WINDOW_F] = window
         # free slots are popped from the end: lowest slots first
         meta[FREE_DEVICE] = device_rows
         meta[FREE_RAM] = ram_rows
         keys, vals = new_slotmap(capacity)
         sketch, sketch_state = new_sketch(capacity, sketch_width)
+        ghost_keys, ghost_vals = new_slotmap(2 * ghost_cap)
         return cls(
             meta=meta,
             fmeta=fmeta,
@@ -115,6 +125,9 @@ class CacheState:
             free_ram=np.arange(capacity - 1, device_rows - 1, -1, dtype=np.int32),
             sketch=sketch,
             sketch_state=sketch_state,
+            ghost_ring=np.full(2 * ghost_cap, -1, dtype=np.int64),
+            ghost_keys=ghost_keys,
+            ghost_vals=ghost_vals,
         )
 
     def arrays(self):
@@ -123,7 +136,7 @@ class CacheState:
                 self.owner, self.dirty, self.seg, self.prev, self.next, self.freq,
                 self.stamp, self.heap, self.hpos, self.born, self.seen, self.batch_pos,
                 self.swapped, self.free_device, self.free_ram, self.sketch,
-                self.sketch_state)
+                self.sketch_state, self.ghost_ring, self.ghost_keys, self.ghost_vals)
 
     @property
     def capacity(self) -> int:
