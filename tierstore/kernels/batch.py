@@ -69,3 +69,20 @@ def any_nonfinite_row(rows):
             if not np.isfinite(rows[i, j]):
                 return i
     return -1
+
+
+@njit(cache=True)
+def gather_tiered(device, ram, device_rows, slots, out):
+    """``out[k]`` = the row in physical slot ``slots[k]`` (left alone where -1).
+
+    Rows are viewed as machine words (see ``tiers.memory.words``), so each
+    copy moves 8 bytes a step.
+    """
+    for k in range(len(slots)):
+        s = slots[k]
+        if s < 0:
+            continue
+        if s < device_rows:
+            out[k, :] = device[s, :]
+        else:
+            out[k, :] = ram[s - device_rows, :]

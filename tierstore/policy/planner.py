@@ -55,7 +55,7 @@ def _count_start_tier(meta, start, count):
 @njit(cache=True)
 def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty):
     meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
-        heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state, \
+        heap, hpos, born, seen, swapped, free_device, free_ram, sketch, sketch_state, \
         ghost_ring, ghost_keys, ghost_vals = st
     epoch = meta[EPOCH]
     n_ev = 0
@@ -70,6 +70,7 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
         if e >= 0 and entry_id[e] == key:
             on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, c)
             record_access(meta, fmeta, seg, prev, nxt, True, c, -1)
+            fresh[u] = False
         else:
             ghost = ghost_take(meta, ghost_ring, ghost_keys, ghost_vals, key)
             if meta[USED] < meta[CAPACITY]:
@@ -85,8 +86,8 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
                            entry_id[e])
                 slotmap_delete(keys, vals, entry_id[e])
                 meta[EVICTIONS] += 1
-                if seen[e] == epoch:
-                    aslot[batch_pos[e]] = -1
+                if seen[e] >> 32 == epoch:
+                    aslot[seen[e] & 0xFFFFFFFF] = -1
                 if born[e] != epoch:
                     ev_id[n_ev] = entry_id[e]
                     ev_slot[n_ev] = phys[e]
@@ -100,11 +101,11 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
             on_insert(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, c)
             meta[ADMISSIONS] += 1
             record_access(meta, fmeta, seg, prev, nxt, False, c, ghost)
-        seen[e] = epoch
-        batch_pos[e] = u
+            fresh[u] = True
+        seen[e] = (epoch << 32) | u  # one word: in this batch, and where
         aslot[u] = phys[e]
     for u in range(len(uniq)):
-        fresh[u] = aslot[u] >= 0 and born[owner[aslot[u]]] == epoch
+        fresh[u] = fresh[u] and aslot[u] >= 0
     return n_ev
 
 
@@ -135,7 +136,7 @@ def _device_victim(meta, owner, entry_id, swapped, sketch, epoch):
 @njit(cache=True)
 def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
     meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
-        heap, hpos, born, seen, batch_pos, swapped, free_device, free_ram, sketch, sketch_state, \
+        heap, hpos, born, seen, swapped, free_device, free_ram, sketch, sketch_state, \
         ghost_ring, ghost_keys, ghost_vals = st
     epoch = meta[EPOCH]
     device_rows = meta[DEVICE_ROWS]

@@ -46,9 +46,9 @@ def _shrink_window(meta, seg, prev, nxt):
 @njit(cache=True, _nrt=False)
 def on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, count):
     meta[TICK] += 1
-    freq[e] += count
     policy = meta[POLICY]
     if policy == LFU:
+        freq[e] += count
         stamp[e] = meta[TICK]
         heap_sift_down(meta, heap, hpos, freq, stamp, hpos[e])
     elif policy == LRU:

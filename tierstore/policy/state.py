@@ -68,7 +68,6 @@ class CacheState:
     hpos: np.ndarray
     born: np.ndarray
     seen: np.ndarray
-    batch_pos: np.ndarray
     swapped: np.ndarray
     free_device: np.ndarray
     free_ram: np.ndarray
@@ -119,7 +118,6 @@ class CacheState:
             hpos=np.full(capacity, -1, dtype=np.int32),
             born=np.full(capacity, -1, dtype=np.int64),
             seen=np.full(capacity, -1, dtype=np.int64),
-            batch_pos=np.full(capacity, -1, dtype=np.int64),
             swapped=np.full(capacity, -1, dtype=np.int64),
             free_device=np.arange(device_rows - 1, -1, -1, dtype=np.int32),
             free_ram=np.arange(capacity - 1, device_rows - 1, -1, dtype=np.int32),
@@ -134,9 +132,9 @@ class CacheState:
         """The arrays in the order the kernels take them."""
         return (self.meta, self.fmeta, self.keys, self.vals, self.entry_id, self.phys,
                 self.owner, self.dirty, self.seg, self.prev, self.next, self.freq,
-                self.stamp, self.heap, self.hpos, self.born, self.seen, self.batch_pos,
-                self.swapped, self.free_device, self.free_ram, self.sketch,
-                self.sketch_state, self.ghost_ring, self.ghost_keys, self.ghost_vals)
+                self.stamp, self.heap, self.hpos, self.born, self.seen, self.swapped,
+                self.free_device, self.free_ram, self.sketch, self.sketch_state,
+                self.ghost_ring, self.ghost_keys, self.ghost_vals)
 
     @property
     def capacity(self) -> int:

@@ -1,12 +1,22 @@
 """The device and RAM tiers: fixed-capacity slabs addressed by physical slot.
 
 Physical slots ``[0, device_rows)`` lie in the device slab, the rest in the
-RAM slab. On ``device="cpu"`` both slabs are numpy arrays and every move is
-numpy fancy indexing (memcpy-speed row copies).
+RAM slab. On ``device="cpu"`` both slabs are numpy arrays; gathers are a numba
+copy over word views, writes numpy fancy indexing.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from ..kernels.batch import gather_tiered
+
+
+def words(rows: np.ndarray) -> np.ndarray:
+    """``rows`` as a 2-D array of the widest unsigned words that tile a row."""
+    row_bytes = rows.shape[1] * rows.dtype.itemsize
+    for word in (np.uint64, np.uint32, np.uint16, np.uint8):
+        if row_bytes % np.dtype(word).itemsize == 0:
+            return rows.view(word).reshape(len(rows), row_bytes // np.dtype(word).itemsize)
 
 
 class HostMemory:
@@ -21,10 +31,7 @@ class HostMemory:
 
     def gather(self, slots: np.ndarray, out: np.ndarray):
         """``out[k]`` = the row in slot ``slots[k]``; rows where the slot is -1 are left alone."""
-        on_device = (slots >= 0) & (slots < self.device_rows)
-        in_ram = slots >= self.device_rows
-        out[on_device] = self.device[slots[on_device]]
-        out[in_ram] = self.ram[slots[in_ram] - self.device_rows]
+        gather_tiered(words(self.device), words(self.ram), self.device_rows, slots, words(out))
 
     def read(self, slots: np.ndarray) -> np.ndarray:
         out = np.empty((len(slots), self.dim), dtype=self.dtype)
