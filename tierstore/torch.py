@@ -1,0 +1,494 @@
+"""PyTorch adapter: a store-backed ``nn.Embedding`` and DeepSeek's Engram block.
+
+Import it explicitly (``import tierstore.torch``); ``import tierstore`` alone
+never imports torch.
+
+    import tierstore as ts
+    from tierstore.torch import TieredEmbedding, EngramMemory, step_all, zero_grad_all
+    from tierstore.optim import RowAdagrad
+
+    store = ts.create("table.ts", num_rows=10_000_000, dim=64, config=ts.StoreConfig(...))
+    emb = TieredEmbedding(store, optimizer=RowAdagrad(lr=0.05))
+    dense_opt = torch.optim.AdamW(model.parameters())   # the table has no nn.Parameter
+
+    for ids, next_ids in batches:
+        emb.prefetch(next_ids)          # disk reads for the next batch, in the background
+        loss = loss_fn(model(ids))
+        loss.backward()
+        dense_opt.step(); emb.step()    # emb.step(): row-wise update, written back to the store
+        dense_opt.zero_grad(); emb.zero_grad()
+
+**Gradient path.** The table is not an ``nn.Parameter``. ``forward`` looks the
+ids up in the store, moves the rows to the module's device and dtype and
+returns them as a fresh leaf tensor that requires grad; a hook on that leaf
+keeps its gradient together with the ids and the rows as read. ``step()``
+concatenates what every backward since the last step produced, sums the
+gradients of duplicate ids (as ``nn.Embedding``'s backward does), hands the
+unique ids, their rows and summed gradients to the row-wise optimizer
+(:mod:`tierstore.optim`) and writes the new rows with ``store.update``. The
+update is applied to the rows as read in ``forward``: do not write those rows
+through the store yourself between ``forward`` and ``step``. ``step()`` and
+``zero_grad()`` both clear what was kept (forward passes that saw no backward
+are dropped then too). ``step_all(model)`` / ``zero_grad_all(model)`` call them
+on every ``TieredEmbedding`` inside a model (``nn.Module.zero_grad`` does not
+reach them).
+
+**Checkpoints.** ``state_dict()`` flushes the store and the optimizer state and
+records the store's path, config and the optimizer's config (never the rows):
+the checkpoint names the live store, it is not a copy of it.
+``load_state_dict`` reopens the recorded store (when it is not the one already
+open); ``TieredEmbedding.from_state_dict(sd)`` builds a module from it.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .tiers._torch import torch_module
+
+torch = torch_module()
+nn = torch.nn
+F = torch.nn.functional
+
+from . import api
+from .config import StoreConfig
+from .optim import RowAdagrad, RowOptimizer, RowSGD, _config_dict, optimizer_from_config
+
+__all__ = [
+    "EngramMemory",
+    "RowAdagrad",
+    "RowSGD",
+    "TieredEmbedding",
+    "config_to_dict",
+    "prefetch_all",
+    "step_all",
+    "zero_grad_all",
+]
+
+_STATE_FORMAT = "tierstore.torch.TieredEmbedding/1"
+
+
+def _torch_dtype(np_dtype):
+    return torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
+
+
+def config_to_dict(config: StoreConfig) -> dict:
+    """A StoreConfig as plain data (``StoreConfig(**d)`` rebuilds it)."""
+    return _config_dict(config)
+
+
+class _Record:
+    """One forward call's ids and rows, and the gradient its backward produced."""
+
+    __slots__ = ("grad", "ids", "rows")
+
+    def __init__(self, ids, rows):
+        self.ids = ids        # int64, flat, CPU
+        self.rows = rows      # (n, dim), the store's dtype, as read
+        self.grad = None      # (n, dim), the output's dtype and device
+
+    def add(self, grad):
+        grad = grad.detach().reshape(self.rows.shape)
+        self.grad = grad if self.grad is None else self.grad + grad
+
+
+class TieredEmbedding(nn.Module):
+    """A drop-in for ``nn.Embedding`` whose table lives in a :class:`tierstore.Store`.
+
+    ``forward(ids)``: integer tensor (or array) of any shape -> rows of shape
+    ``ids.shape + (embedding_dim,)`` on the module's device, in the module's
+    dtype (the store's dtype until ``.to(dtype)``/``.half()``/``.float()``).
+    ``optimizer``: a :class:`~tierstore.optim.RowOptimizer` used by :meth:`step`
+    (``None``: the table is frozen and forward keeps nothing; ``requires_grad_(True)``
+    keeps row gradients anyway, for :meth:`row_gradients`). ``padding_idx``: gradients of that row
+    are ignored, as in ``nn.Embedding``. ``owns_store``: close the store with
+    the module (set for stores the module opened itself).
+    """
+
+    def __init__(self, store, optimizer: RowOptimizer | None = None, *, padding_idx: int | None = None,
+                 dtype=None, owns_store: bool = False):
+        super().__init__()
+        if optimizer is not None and not isinstance(optimizer, RowOptimizer):
+            raise TypeError(f"optimizer must be a tierstore.optim.RowOptimizer, got "
+                            f"{type(optimizer).__name__} (torch optimizers cannot see the table)")
+        self.store = store
+        self.optimizer = optimizer
+        self.owns_store = owns_store
+        self.trainable = optimizer is not None   # requires_grad_(True) keeps gradients anyway
+        if padding_idx is not None:
+            if padding_idx < 0:
+                padding_idx += store.num_rows
+            if not 0 <= padding_idx < store.num_rows:
+                raise ValueError(f"padding_idx must be within num_embeddings ({store.num_rows})")
+        self.padding_idx = padding_idx
+        # an empty buffer that follows .to(device) / .half(): the output's device and dtype
+        self.register_buffer("_probe", torch.empty(0, dtype=dtype or _torch_dtype(store.dtype)),
+                             persistent=False)
+        self._records: list[_Record] = []
+        if optimizer is not None:
+            optimizer.bind(store)
+
+    # -- nn.Embedding's face ---------------------------------------------------------------
+    @property
+    def num_embeddings(self) -> int:
+        return self.store.num_rows
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.store.dim
+
+    @property
+    def device(self):
+        return self._probe.device
+
+    @property
+    def dtype(self):
+        return self._probe.dtype
+
+    def extra_repr(self):
+        extra = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return (f"{self.num_embeddings}, {self.embedding_dim}{extra}, store={str(self.store.path)!r}, "
+                f"optimizer={self.optimizer!r}")
+
+    def requires_grad_(self, requires_grad: bool = True):
+        self.trainable = bool(requires_grad)
+        return super().requires_grad_(requires_grad)
+
+    def forward(self, ids):
+        if torch.is_tensor(ids) and ids.is_floating_point():
+            raise TypeError(f"ids must be integers, got a tensor of {ids.dtype}")
+        raw = self.store.lookup(ids if torch.is_tensor(ids) else torch.as_tensor(np.asarray(ids)))
+        out = raw.to(device=self._probe.device, dtype=self._probe.dtype)
+        if not (self.trainable and torch.is_grad_enabled()):
+            return out
+        flat_ids = (ids if torch.is_tensor(ids) else torch.as_tensor(np.asarray(ids)))
+        record = _Record(flat_ids.detach().reshape(-1).to("cpu", torch.int64),
+                         raw.detach().reshape(-1, self.embedding_dim))
+        out = out.detach().requires_grad_(True)
+        out.register_hook(record.add)
+        self._records.append(record)
+        return out
+
+    # -- training ----------------------------------------------------------------------------
+    def row_gradients(self):
+        """``(ids, rows, grads)`` of what backward produced since the last step, duplicates
+        summed: unique ids (sorted, CPU int64), their rows as read and summed gradients (both
+        on the gradients' device, float32 or wider). ``None`` if nothing has a gradient."""
+        done = [r for r in self._records if r.grad is not None]
+        if not done:
+            return None
+        grads = torch.cat([r.grad for r in done])
+        compute = torch.promote_types(torch.promote_types(grads.dtype, torch.float32),
+                                      _torch_dtype(self.store.dtype))
+        dev = grads.device
+        ids = torch.cat([r.ids for r in done])
+        rows = torch.cat([r.rows.to(dev) for r in done])
+        uniq, inverse = torch.unique(ids, sorted=True, return_inverse=True)
+        inverse = inverse.to(dev)
+        summed = torch.zeros((len(uniq), self.embedding_dim), dtype=compute, device=dev)
+        summed.index_add_(0, inverse, grads.to(compute))
+        # the row of each unique id: its first occurrence (all occurrences hold the same value)
+        first = torch.full((len(uniq),), len(ids), dtype=torch.int64, device=dev)
+        first.scatter_reduce_(0, inverse, torch.arange(len(ids), device=dev), reduce="amin")
+        rows = rows[first].to(compute)
+        if self.padding_idx is not None:
+            keep = uniq != self.padding_idx
+            uniq, rows, summed = uniq[keep], rows[keep.to(dev)], summed[keep.to(dev)]
+        return uniq, rows, summed
+
+    @torch.no_grad()
+    def step(self):
+        """Apply the row optimizer to the rows touched since the last step and store them.
+
+        Returns the number of rows written. Clears the kept gradients."""
+        if self.optimizer is None:
+            raise RuntimeError("this TieredEmbedding has no optimizer: pass optimizer=RowSGD(...) "
+                               "or RowAdagrad(...)")
+        try:
+            found = self.row_gradients()
+            if found is None or not len(found[0]):
+                return 0
+            uniq, rows, grads = found
+            ids = uniq.numpy()
+            new_rows = self.optimizer.apply(ids, rows, grads)
+            self.store.update(ids, new_rows)
+            self.optimizer.commit()
+            return len(ids)
+        finally:
+            self._records = []
+
+    def zero_grad(self, set_to_none: bool = True):
+        """Drop the kept row gradients (and zero any parameters' grads, as nn.Module does)."""
+        self._records = []
+        super().zero_grad(set_to_none)
+
+    @property
+    def pending_rows(self) -> int:
+        """Looked-up rows kept for the next step (with or without a gradient yet)."""
+        return sum(len(r.ids) for r in self._records)
+
+    def prefetch(self, ids):
+        """``store.prefetch(ids)``: start reading these rows in the background; returns a handle."""
+        return self.store.prefetch(ids)
+
+    def flush(self):
+        """Make the table and the optimizer state durable."""
+        if not self.store.readonly:
+            self.store.flush()
+        if self.optimizer is not None:
+            self.optimizer.flush()
+
+    def close(self):
+        """Flush; close the optimizer state, and the store if the module opened it."""
+        self._records = []
+        if self.optimizer is not None:
+            self.optimizer.close()
+        if self.owns_store:
+            self.store.close()
+        elif not self.store.readonly and not getattr(self.store, "_closed", False):
+            self.store.flush()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def get_extra_state(self):
+        self.flush()
+        return {"format": _STATE_FORMAT, "path": str(Path(self.store.path).resolve()),
+                "config": config_to_dict(self.store.config), "num_rows": self.store.num_rows,
+                "dim": self.store.dim, "dtype": np.dtype(self.store.dtype).name,
+                "readonly": bool(self.store.readonly), "padding_idx": self.padding_idx,
+                "optimizer": None if self.optimizer is None else self.optimizer.get_config()}
+
+    def set_extra_state(self, state):
+        _check_state(state)
+        if (state["num_rows"], state["dim"]) != (self.store.num_rows, self.store.dim):
+            raise ValueError(f"checkpoint table is {state['num_rows']}x{state['dim']}, this module's "
+                             f"is {self.store.num_rows}x{self.store.dim}")
+        same = Path(state["path"]).resolve() == Path(self.store.path).resolve()
+        if not same:
+            store = _open_recorded(state)
+            if self.optimizer is not None:
+                self.optimizer.close()
+                self.optimizer = None
+            if self.owns_store:
+                self.store.close()
+            self.store, self.owns_store = store, True
+        self.padding_idx = state.get("padding_idx")
+        self._records = []
+        if state.get("optimizer") is not None:
+            recorded = optimizer_from_config(state["optimizer"])
+            if self.optimizer is None or self.optimizer.get_config() != recorded.get_config():
+                if self.optimizer is not None:
+                    self.optimizer.close()
+                self.optimizer = recorded
+            self.optimizer.bind(self.store)
+
+    @classmethod
+    def from_state_dict(cls, state_dict, prefix: str = "", **kwargs):
+        """A module on the store a ``state_dict()`` recorded (the module owns that store).
+
+        Close the store the checkpoint came from first: a store has one writer at a time."""
+        state = state_dict.get(prefix + "_extra_state", state_dict)
+        _check_state(state)
+        store = _open_recorded(state)
+        try:
+            module = cls(store, optimizer=optimizer_from_config(state.get("optimizer")),
+                         padding_idx=state.get("padding_idx"), owns_store=True, **kwargs)
+        except BaseException:
+            store.close()
+            raise
+        return module
+
+    @classmethod
+    def open(cls, path, config: StoreConfig | None = None, optimizer: RowOptimizer | None = None,
+             readonly: bool = False, **kwargs):
+        """Open the store at ``path`` and wrap it (the module owns the store)."""
+        store = api.open(path, config, readonly=readonly)
+        try:
+            return cls(store, optimizer=optimizer, owns_store=True, **kwargs)
+        except BaseException:
+            store.close()
+            raise
+
+
+def _check_state(state):
+    if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+        raise ValueError("not a TieredEmbedding state (expected a dict with "
+                         f"format={_STATE_FORMAT!r})")
+
+
+def _open_recorded(state):
+    config = StoreConfig(**state["config"])
+    return api.open(state["path"], config, readonly=state.get("readonly", False),
+                    dim=state["dim"], dtype=state["dtype"])
+
+
+def tiered_modules(model: nn.Module):
+    """Every TieredEmbedding inside ``model`` (itself included)."""
+    return [m for m in model.modules() if isinstance(m, TieredEmbedding)]
+
+
+def step_all(model: nn.Module) -> int:
+    """``step()`` every TieredEmbedding in ``model`` that has an optimizer (and clear the
+    others' kept gradients); returns the number of rows written."""
+    written = 0
+    for m in tiered_modules(model):
+        if m.optimizer is not None:
+            written += m.step()
+        else:
+            m._records = []
+    return written
+
+
+def zero_grad_all(model: nn.Module):
+    """Drop the kept row gradients of every TieredEmbedding in ``model``."""
+    for m in tiered_modules(model):
+        m._records = []
+
+
+def prefetch_all(model: nn.Module, tokens):
+    """``prefetch(tokens)`` on every EngramMemory in ``model``; the handles."""
+    return [m.prefetch(tokens) for m in model.modules() if isinstance(m, EngramMemory)]
+
+
+# -- Engram ------------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    """``x / rms(x) * weight`` over the last dimension (``nn.RMSNorm`` is torch >= 2.4)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) \
+            * self.weight
+
+
+class ShortConv(nn.Module):
+    """RMSNorm, then a depthwise causal convolution (``kernel_size`` taps spaced
+    ``dilation`` apart, the latest at ``t``), then SiLU; on ``(batch, seq, dim)``."""
+
+    def __init__(self, dim: int, kernel_size: int = 4, dilation: int = 1, eps: float = 1e-5):
+        super().__init__()
+        self.norm = RMSNorm(dim, eps)
+        self.conv = nn.Conv1d(dim, dim, kernel_size, groups=dim, bias=False, dilation=dilation,
+                              padding=(kernel_size - 1) * dilation)
+
+    def forward(self, x):
+        t = x.shape[1]
+        y = self.conv(self.norm(x).transpose(1, 2))[..., :t]
+        return F.silu(y).transpose(1, 2)
+
+
+class EngramMemory(nn.Module):
+    """DeepSeek Engram's conditional memory block (arXiv 2601.07372), its table in a Store.
+
+    ``forward(hidden, tokens)``: ``hidden`` (batch, seq, hidden_dim), ``tokens``
+    (batch, seq) integer ids (raw ids when ``compressor`` is given, else the
+    hasher's canonical ids) -> ``hidden + engram(hidden, tokens)``. ``store`` is a
+    :class:`tierstore.Store` (wrapped in a :class:`TieredEmbedding` with ``optimizer``)
+    or a ready table module (a ``TieredEmbedding``, or an ``nn.Embedding`` for an
+    all-in-memory baseline). Per position:
+
+    1. ``hasher(tokens)``: the suffix n-grams of orders 2..N, each hashed by K
+       heads into its own prime-sized table -> ``(N-1)*K`` global row ids;
+    2. those rows, looked up in the store through a :class:`TieredEmbedding`,
+       concatenated into ``e`` of width ``(N-1)*K*store.dim``;
+    3. ``k = W_k e``, ``v = W_v e``; gate ``g = sigmoid(ssqrt(<RMSNorm(k), RMSNorm(h)> /
+       sqrt(hidden_dim)))`` with ``ssqrt(x) = sign(x) sqrt(|x|)``;
+    4. ``u = g * v``; ``out = u + SiLU(conv(RMSNorm(u)))``, a depthwise causal
+       convolution of ``kernel_size`` taps at dilation N (the max n-gram order);
+    5. the residual: ``hidden + out`` (``residual=False`` returns ``out`` alone).
+
+    Train the table with ``self.table.step()`` (or :func:`step_all`); the dense
+    projections are ordinary parameters. ``prefetch(tokens)`` hashes a coming
+    batch and starts its row reads in the background.
+    """
+
+    def __init__(self, store, hasher, hidden_dim: int, *, optimizer: RowOptimizer | None = None,
+                 compressor=None, kernel_size: int = 4, dilation: int | None = None,
+                 residual: bool = True, eps: float = 1e-6):
+        super().__init__()
+        if isinstance(store, nn.Module):        # a ready table: a TieredEmbedding or nn.Embedding
+            if optimizer is not None:
+                raise ValueError("give the optimizer to the TieredEmbedding itself")
+            self.table = store
+        else:
+            self.table = TieredEmbedding(store, optimizer=optimizer)
+        num_rows, row_dim = self.table.num_embeddings, self.table.embedding_dim
+        if num_rows < hasher.num_rows:
+            raise ValueError(f"the hasher addresses {hasher.num_rows} rows; the table has "
+                             f"only {num_rows}")
+        self.hasher = hasher
+        self.compressor = compressor
+        self.hidden_dim = hidden_dim
+        self.residual = residual
+        self.memory_dim = hasher.ids_per_token * row_dim
+        self.key_proj = nn.Linear(self.memory_dim, hidden_dim)
+        self.value_proj = nn.Linear(self.memory_dim, hidden_dim)
+        self.key_norm = RMSNorm(hidden_dim, eps)
+        self.query_norm = RMSNorm(hidden_dim, eps)
+        self.short_conv = ShortConv(hidden_dim, kernel_size, dilation or int(hasher.max_ngram))
+
+    @property
+    def store(self):
+        """The table's store (None when the table is a plain ``nn.Embedding``)."""
+        return getattr(self.table, "store", None)
+
+    def row_ids(self, tokens):
+        """Global row ids ``(batch, seq, ids_per_token)`` of ``tokens``, as a CPU int64 tensor."""
+        arr = tokens.detach().to("cpu", torch.int64).numpy() if torch.is_tensor(tokens) \
+            else np.asarray(tokens, dtype=np.int64)
+        if self.compressor is not None:
+            arr = np.asarray(self.compressor(arr), dtype=np.int64)
+        ids = self.hasher(arr)
+        return torch.as_tensor(np.asarray(ids, dtype=np.int64))
+
+    def prefetch(self, tokens):
+        """Hash ``tokens`` and start reading their rows in the background; returns the handle
+        (None when the table is a plain ``nn.Embedding``, which has nothing to prefetch)."""
+        prefetch = getattr(self.table, "prefetch", None)
+        return None if prefetch is None else prefetch(self.row_ids(tokens))
+
+    def memory(self, hidden, tokens):
+        """The Engram block's output (without the residual)."""
+        if hidden.dim() != 3 or hidden.shape[-1] != self.hidden_dim:
+            raise ValueError(f"hidden must be (batch, seq, {self.hidden_dim}), got {tuple(hidden.shape)}")
+        if tuple(tokens.shape) != tuple(hidden.shape[:2]):
+            raise ValueError(f"tokens {tuple(tokens.shape)} do not match hidden {tuple(hidden.shape[:2])}")
+        rows = self.table(self.row_ids(tokens))                # (B, T, ids_per_token, d)
+        e = rows.flatten(-2).to(hidden.dtype)
+        key = self.key_norm(self.key_proj(e))
+        query = self.query_norm(hidden)
+        gate = (key * query).sum(-1, keepdim=True) / math.sqrt(self.hidden_dim)
+        gate = torch.sigmoid(gate.sign() * gate.abs().clamp_min(1e-6).sqrt())
+        value = gate * self.value_proj(e)
+        return value + self.short_conv(value)
+
+    def forward(self, hidden, tokens):
+        out = self.memory(hidden, tokens)
+        return hidden + out if self.residual else out
+
+    def step(self) -> int:
+        """Update the table's touched rows (:meth:`TieredEmbedding.step`)."""
+        return self.table.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        zero_grad_all(self)
+        super().zero_grad(set_to_none)
+
+    def get_extra_state(self):
+        get = getattr(self.hasher, "get_config", None)
+        return {"hasher": get() if get is not None else None}
+
+    def set_extra_state(self, state):
+        config = (state or {}).get("hasher")
+        get = getattr(self.hasher, "get_config", None)
+        if config is None or get is None or repr(get()) == repr(config):
+            return
+        hasher = type(self.hasher).from_config(config)
+        if hasher.ids_per_token != self.hasher.ids_per_token or hasher.num_rows > self.table.num_embeddings:
+            raise ValueError("the checkpoint's hasher does not fit this block's table")
+        self.hasher = hasher
