@@ -188,7 +188,12 @@ def ones_for(ids, dtype=np.float32):
 def call(h, op, ids):
     if op == "lookup":
         return h.store.lookup(ids)
+    if op == "prefetch":
+        return h.store.prefetch(ids)
     return h.store.update(ids, ones_for(ids))
+
+
+OPS = ["lookup", "update", "prefetch"]
 
 
 # -- ids out of range -------------------------------------------------------------------------
@@ -217,7 +222,7 @@ OUT_OF_RANGE = [
 ]
 
 
-@pytest.mark.parametrize("op", ["lookup", "update"])
+@pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("ids, bad, pos", OUT_OF_RANGE)
 def test_id_out_of_range(h, op, ids, bad, pos):
     before = h.stats()
@@ -252,7 +257,7 @@ NON_INTEGER = [
 ]
 
 
-@pytest.mark.parametrize("op", ["lookup", "update"])
+@pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("ids, fragment", NON_INTEGER)
 def test_id_not_integer(h, op, ids, fragment):
     before = h.stats()
@@ -262,14 +267,14 @@ def test_id_not_integer(h, op, ids, fragment):
     h.close_and_verify()
 
 
-@pytest.mark.parametrize("op", ["lookup", "update"])
+@pytest.mark.parametrize("op", OPS)
 def test_ragged_ids(h, op):
     before = h.stats()
-    with pytest.raises(ts.TierstoreError):
-        if op == "lookup":
-            h.store.lookup([[1, 2], [3]])
-        else:
+    with pytest.raises(ts.IdTypeError, match="rectangular array of integers"):
+        if op == "update":
             h.store.update([[1, 2], [3]], np.ones((3, DIM), np.float32))
+        else:
+            call(h, op, [[1, 2], [3]])
     h.assert_unchanged(before)
 
 
@@ -459,6 +464,8 @@ CLOSED_CALLS = {
     "update": lambda s: s.update([1], np.ones((1, DIM), np.float32)),
     "flush": lambda s: s.flush(),
     "check": lambda s: s.check(),
+    "prefetch": lambda s: s.prefetch([1, 2]),
+    "refresh": lambda s: s.refresh(),
 }
 
 
@@ -521,6 +528,8 @@ BAD_CONFIG = [
     pytest.param({"max_map_size": 1 << 20}, "max_map_size must be", id="max_map_size-below-default"),
     pytest.param({"max_map_size": float(1 << 40)}, "max_map_size must be", id="max_map_size-float"),
     pytest.param({"sketch_width": 3}, "sketch_width must be", id="sketch_width"),
+    pytest.param({"codec": "int8", "allow_nonfinite": True}, "allow_nonfinite needs a lossless codec",
+                 id="nonfinite-with-lossy-codec"),
 ]
 
 
@@ -779,6 +788,10 @@ def test_open_damaged_metadata(closed_store, damage, exc, fragment, readonly):
     pytest.param({"dtype": "float16"}, "dtype is float32, not float16", id="dtype-float16"),
     pytest.param({"dtype": np.float64}, "dtype is float32, not float64", id="dtype-float64"),
     pytest.param({"dim": DIM * 2, "dtype": "float32"}, f"not {DIM * 2}", id="dim-with-right-dtype"),
+    pytest.param({"dim": str(DIM)}, f"rows have dim {DIM}, not '{DIM}'", id="dim-str"),
+    pytest.param({"dim": True}, f"rows have dim {DIM}, not True", id="dim-bool"),
+    pytest.param({"dtype": "int32"}, "dtype is float32, not int32", id="dtype-int32"),
+    pytest.param({"dtype": "nonsense"}, "dtype must be one of", id="dtype-nonsense"),
 ])
 @pytest.mark.parametrize("readonly", [False, True], ids=["writable", "readonly"])
 def test_open_contradicting_dim_dtype(closed_store, kwargs, fragment, readonly):
@@ -912,6 +925,18 @@ def test_readonly_open_while_writer_open_in_process(h):
     h.store.flush()
     with ts.open(h.path, config=tiny(), readonly=True) as ro:
         np.testing.assert_array_equal(read_all(ro), h.model)
+
+
+def test_writer_open_while_readonly_open_in_process(h):
+    h.close()
+    with ts.open(h.path, config=tiny(), readonly=True) as ro:
+        for _ in range(2):
+            expect(ts.StoreLockedError, BlockingIOError, "close those handles before opening it for writing",
+                   ts.open, h.path, config=tiny())
+        np.testing.assert_array_equal(read_all(ro), h.model)
+        assert ro.check().ok
+    with ts.open(h.path, config=tiny()) as w:  # once the reader closed, a writer may open
+        np.testing.assert_array_equal(read_all(w), h.model)
 
 
 WRITER_CHILD = """
@@ -1049,3 +1074,18 @@ def test_torch_float32_overflowing_float16(tmp_path):
                    s.update, torch.tensor(IDS3), rows)
         np.testing.assert_array_equal(read_all(s), np.zeros((NUM_ROWS, DIM), np.float16))
         assert s.check().ok
+
+
+# -- docs/BAD_INPUT.md lists every case ------------------------------------------------------------
+def test_bad_input_doc_lists_every_case():
+    """Each case of the lists above appears (by its pytest id) in docs/BAD_INPUT.md."""
+    doc = (REPO / "docs" / "BAD_INPUT.md").read_text()
+    cases = [p.id for table in (OUT_OF_RANGE, NON_INTEGER, BAD_SHAPE, BAD_DTYPE, NONFINITE, BAD_CONFIG,
+                                BAD_CREATE, META_DAMAGE) for p in table]
+    cases += list(NOT_A_STORE) + CORRUPTIONS + sorted(CLOSED_CALLS)
+    missing = [c for c in cases if f"`{c}`" not in doc]
+    assert not missing, f"docs/BAD_INPUT.md lacks {missing}"
+    tests = re.findall(r"^def (test_\w+)", (REPO / "tests" / "test_bad_input.py").read_text(), re.M)
+    undocumented = [t for t in tests if t not in doc and t != "test_bad_input_doc_lists_every_case"
+                    and t != "test_fixture_spreads_rows_over_tiers"]
+    assert not undocumented, f"docs/BAD_INPUT.md names no row for {undocumented}"

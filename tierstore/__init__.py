@@ -4,7 +4,7 @@
     store = ts.create("table.ts", num_rows=10_000_000, dim=128)
     rows = store.lookup(ids)
 """
-from .api import create, open
+from .api import create, open, salvage
 from .codecs import Codec, Int8Codec, RawCodec, ZstdCodec, get_codec
 from .config import StoreConfig
 from .errors import (ClosedStoreError, ConfigError, CorruptRowError, CorruptStoreError,
@@ -16,7 +16,7 @@ from .store import CheckReport, Store
 __version__ = "0.1.0"
 
 __all__ = [
-    "create", "open", "Store", "StoreConfig", "CheckReport",
+    "create", "open", "salvage", "Store", "StoreConfig", "CheckReport",
     "Codec", "RawCodec", "ZstdCodec", "Int8Codec", "get_codec",
     "TierstoreError", "IdOutOfRangeError", "IdTypeError", "RowShapeError", "NonFiniteRowError",
     "ReadOnlyError", "ClosedStoreError", "ConfigError", "NotAStoreError", "FormatVersionError",

@@ -8,6 +8,7 @@ import numpy as np
 
 from .config import DTYPES, StoreConfig
 from .errors import ConfigError, NonFiniteRowError, RowShapeError
+from .salvage import SalvageReport, salvage  # noqa: F401  (tierstore.api.salvage)
 from .store import CREATE_CHUNK, Store
 from .tiers.disk import DiskTier
 from .tiers.format import StoreMeta
@@ -64,14 +65,21 @@ def open(path, config: StoreConfig | None = None, readonly: bool = False, *,
     disk = DiskTier(path, readonly=readonly, map_size=config.map_size,
                     max_map_size=config.max_map_size)
     try:
-        if dim is not None and dim != disk.meta.dim:
-            raise ConfigError(f"{path}: the store's rows have dim {disk.meta.dim}, not {dim}")
-        if dtype is not None and np.dtype(dtype) != disk.dtype:
+        if dim is not None and (isinstance(dim, bool) or dim != disk.meta.dim):
+            raise ConfigError(f"{path}: the store's rows have dim {disk.meta.dim}, not {dim!r}")
+        if dtype is not None and _as_dtype(dtype) != disk.dtype:
             raise ConfigError(f"{path}: the store's dtype is {disk.dtype}, not {np.dtype(dtype)}")
         return Store(disk, config)
     except BaseException:
         disk.close()
         raise
+
+
+def _as_dtype(dtype) -> np.dtype:
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}") from None
 
 
 def _check_shape(num_rows, dim, dtype):

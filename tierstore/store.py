@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .config import StoreConfig
-from .errors import ClosedStoreError, CorruptRowError, ReadOnlyError, TierstoreError
+from .errors import ClosedStoreError, CorruptRowError, ReadOnlyError
 from .kernels.batch import dedupe, dedupe_last
 from .policy import CacheState
 from .policy import state as S
@@ -40,9 +41,22 @@ class CheckReport:
             return f"ok: {self.rows_checked} stored rows verified"
         lines = [f"damaged: {len(self.corrupt_ids)} corrupt rows among {self.rows_checked}"]
         if self.corrupt_ids:
-            lines.append("corrupt row ids: " + ", ".join(map(str, self.corrupt_ids[:50])))
+            lines.append("corrupt row ids: " + _id_ranges(self.corrupt_ids))
         lines.extend(self.problems)
         return "\n".join(lines)
+
+
+def _id_ranges(ids) -> str:
+    """Every id, runs of consecutive ids as ``a-b``: ``3, 7-12, 40``."""
+    ids = sorted(ids)
+    parts, k = [], 0
+    while k < len(ids):
+        j = k
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        parts.append(str(ids[k]) if j == k else f"{ids[k]}-{ids[j]}")
+        k = j + 1
+    return ", ".join(parts)
 
 
 class Store:
@@ -51,6 +65,9 @@ class Store:
     Use :func:`tierstore.create` or :func:`tierstore.open` rather than this
     constructor. A Store serialises its calls with a lock, so threads may
     share one; processes share a store through LMDB (one writer, any readers).
+    A read-only store caches the rows it reads: it sees a writer's later
+    flushes in rows it has not cached, and in the others after :meth:`refresh`
+    (or a reopen).
     """
 
     def __init__(self, disk: DiskTier, config: StoreConfig):
@@ -144,10 +161,14 @@ class Store:
             self._memory.write(sw_to[:n_sw], rows[sw_u[:n_sw]])
 
     def _write_back(self, ids, rows):
-        """Evicted dirty rows go to disk; if the disk refuses, they wait for the next flush."""
+        """Evicted dirty rows go to disk; if the disk refuses, they wait for the next flush.
+
+        Whatever the failure, the lookup goes on: raising here, after the plan moved
+        the rows, would leave admitted rows' slots unfilled. flush() reports it.
+        """
         try:
             self._disk.write_rows(ids, rows)
-        except (TierstoreError, OSError):
+        except Exception:  # noqa: BLE001
             self._add_pending(ids, rows)
             return
         self._drop_pending(ids)
@@ -258,6 +279,45 @@ class Store:
             clear_dirty(self._st)
             self._pending_ids = self._pending_ids[:0]
             self._pending_rows = self._pending_rows[:0]
+
+    def refresh(self):
+        """Forget every cached row, so the next lookups read the newest committed rows.
+
+        A read-only store caches what it reads; another process's writer may have
+        flushed newer rows since. After ``refresh()`` every lookup reads LMDB's
+        newest committed state (rows then enter memory again as usual). Prefetches
+        started before are waited for and their staged rows dropped. On a writable
+        store (whose cache is never stale) this flushes first and frees the tiers.
+        Counters and the admission sketch are kept.
+        """
+        while True:
+            with self._lock:
+                self._check_open()
+                if not self._inflight:
+                    if not self.readonly:
+                        self.flush()
+                    self._forget_cached_rows()
+                    return
+                try:  # the one worker runs prefetches in order: this waits for those queued
+                    barrier = self._prefetcher.submit(int)
+                except RuntimeError:  # close() is shutting the worker down: wait for it
+                    barrier = None
+            if barrier is None:
+                time.sleep(0.001)
+            else:
+                barrier.result()
+
+    def _forget_cached_rows(self):
+        old = self._state
+        config = self.config
+        self._state = CacheState.new(config.device_rows, config.ram_rows, config.policy,
+                                     config.sketch_width)
+        self._state.sketch, self._state.sketch_state = old.sketch, old.sketch_state
+        for counter in (S.DEVICE_HITS, S.RAM_HITS, S.MISSES, S.ADMISSIONS, S.EVICTIONS,
+                        S.PROMOTIONS, S.DEMOTIONS, S.WRITEBACKS):
+            self._state.meta[counter] = old.meta[counter]
+        self._st = self._state.arrays()
+        self._staging.clear()
 
     # -- inspecting ------------------------------------------------------------------------
     def stats(self) -> dict:

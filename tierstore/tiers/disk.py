@@ -2,7 +2,9 @@
 
 Rows never written (and rows equal to a constant ``init``) have no record
 and read as the init value. The map grows by doubling when full, up to the
-configured ceiling.
+configured ceiling; a reader whose map another process outgrew adopts the new
+size. A remap waits for the process's read transactions (a prefetch thread may
+be reading) and holds new ones off, so no read ever sees a map being replaced.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import errno
 import fcntl
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import lmdb
@@ -25,12 +28,60 @@ LOCK_FILE = "writer.lock"
 
 
 MIN_FILE_BYTES = 2 * 4096  # LMDB's two meta pages
-_ENVS: dict[str, list] = {}  # real path -> [environment, readonly, users]
+# below this many free bytes on the file system, a failed write is "disk full"
+DISK_FULL_SLACK = 16 << 20
+_ENVS: dict[str, list] = {}  # real path -> [environment, readonly, users, MapGuard]
 _ENVS_LOCK = threading.Lock()
+# LMDB errors that mean damaged pages (a read of them raises CorruptStoreError)
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError)
 
 
-def _acquire_env(path: Path, map_size: int, readonly: bool, create: bool) -> lmdb.Environment:
-    """The process's one LMDB environment for ``path``: LMDB forbids opening it twice."""
+class MapGuard:
+    """Read transactions share the memory map; a remap (``set_mapsize``) has it alone.
+
+    py-lmdb invalidates every open transaction of the process when the map is
+    replaced, so a prefetch thread reading while the writer grows the map would
+    fail. Readers take the shared side; a remap waits for them to finish and
+    holds new ones off (writers first: readers cannot starve it).
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._remapping = False
+
+    @contextmanager
+    def reading(self):
+        with self._cond:
+            while self._remapping:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def remapping(self):
+        with self._cond:
+            while self._remapping:
+                self._cond.wait()
+            self._remapping = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._remapping = False
+                self._cond.notify_all()
+
+
+def _acquire_env(path: Path, map_size: int, readonly: bool, create: bool):
+    """The process's one LMDB environment for ``path`` and its guard: LMDB forbids opening it twice."""
     key = os.path.realpath(path)
     with _ENVS_LOCK:
         entry = _ENVS.get(key)
@@ -40,11 +91,11 @@ def _acquire_env(path: Path, map_size: int, readonly: bool, create: bool) -> lmd
                     f"{path}: this process has the store open read-only; "
                     "close those handles before opening it for writing")
             entry[2] += 1
-            return entry[0]
+            return entry[0], entry[3]
         env = lmdb.open(str(path), map_size=map_size, max_dbs=2, readonly=readonly,
                         readahead=False, meminit=False, create=create, lock=True)
-        _ENVS[key] = [env, readonly, 1]
-        return env
+        _ENVS[key] = [env, readonly, 1, MapGuard()]
+        return env, _ENVS[key][3]
 
 
 def _release_env(path: Path):
@@ -73,6 +124,7 @@ class DiskTier:
         self.readonly = readonly
         self.max_map_size = max_map_size
         self.env = None
+        self._guard = None
         self._lock_fd = None
         self.bytes_read = 0
         self.bytes_written = 0
@@ -146,7 +198,11 @@ class DiskTier:
         if not create:
             map_size = max(map_size, (self.path / "data.mdb").stat().st_size)
         try:
-            self.env = _acquire_env(self.path, map_size, self.readonly, create)
+            self.env, self._guard = _acquire_env(self.path, map_size, self.readonly, create)
+            if not create:
+                # before any page is touched: open_db reads the root pages, and a page past
+                # the end of a truncated file is a SIGBUS, not an exception
+                self._check_length()
             self.rows_db = self.env.open_db(ROWS_DB, create=create)
             self.meta_db = self.env.open_db(META_DB, create=create)
         except lmdb.InvalidError as exc:
@@ -155,8 +211,6 @@ class DiskTier:
             raise NotAStoreError(f"{self.path}: an LMDB database without tierstore tables") from None
         except lmdb.Error as exc:
             raise CorruptStoreError(f"{self.path}: LMDB cannot open it ({exc})") from None
-        if not create:
-            self._check_length()
 
     def _check_length(self):
         """A truncated data file would crash the process (SIGBUS) on first touch: refuse it."""
@@ -186,7 +240,7 @@ class DiskTier:
             self._lock_fd = None
 
     def _read_meta(self) -> tuple[StoreMeta, Codec]:
-        with self.env.begin(db=self.meta_db) as txn:
+        with self.reading(self.meta_db) as txn:
             meta = StoreMeta.from_bytes(txn.get(META_KEY), self.path)
             raw_dict = txn.get(DICT_KEY)
         dictionary = None
@@ -215,7 +269,12 @@ class DiskTier:
 
     # -- writing ---------------------------------------------------------------------------
     def write(self, body):
-        """Run ``body(txn)`` in one write transaction, growing the map while it is full."""
+        """Run ``body(txn)`` in one write transaction, growing the map while it is full.
+
+        The transaction commits all or nothing: when it fails, what was committed
+        before is intact. A full disk raises DiskFullError; another failure of the
+        disk an OSError; never a bare ``lmdb.Error``, so callers can keep the rows.
+        """
         while True:
             try:
                 with self.env.begin(write=True) as txn:
@@ -223,12 +282,24 @@ class DiskTier:
                 return
             except lmdb.MapFullError:
                 self._grow()
-            except lmdb.DiskError as exc:
-                raise DiskFullError(f"{self.path}: the disk refused the write ({exc})") from None
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise DiskFullError(f"{self.path}: no space left on the disk") from None
-                raise
+            except (lmdb.Error, OSError) as exc:
+                raise self._write_error(exc) from None
+
+    def _write_error(self, exc) -> OSError:
+        """The error to raise for a failed write: LMDB reports a full disk as EIO (a short write)."""
+        if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            return exc
+        try:
+            st = os.statvfs(self.path)
+            free = st.f_frsize * (st.f_bfree if os.geteuid() == 0 else st.f_bavail)
+        except OSError:
+            free = None
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or \
+                (free is not None and free < DISK_FULL_SLACK):
+            return DiskFullError(f"{self.path}: no space left on the disk "
+                                 f"({free} bytes free; {exc}); nothing of this write was stored")
+        return OSError(errno.EIO, f"{self.path}: the disk failed the write ({exc}); "
+                       "nothing of this write was stored")
 
     def _grow(self):
         current = self.env.info()["map_size"]
@@ -238,7 +309,36 @@ class DiskTier:
                 raise DiskFullError(
                     f"{self.path}: LMDB map is full at its ceiling max_map_size={self.max_map_size}")
             target = min(target, self.max_map_size)
-        self.env.set_mapsize(target)
+        with self._guard.remapping():
+            self.env.set_mapsize(target)
+
+    @contextmanager
+    def reading(self, db=None):
+        """A read transaction (on ``db``, default the rows table), safe from remaps.
+
+        A map another process outgrew is adopted first; damaged pages raise
+        CorruptStoreError.
+        """
+        db = self.rows_db if db is None else db
+        for _ in range(8):
+            with self._guard.reading():
+                try:
+                    txn = self.env.begin(db=db)
+                except lmdb.MapResizedError:
+                    txn = None
+                except _DAMAGE as exc:
+                    raise CorruptStoreError(f"{self.path}: LMDB pages are damaged ({exc})") from None
+                if txn is not None:
+                    try:
+                        with txn:
+                            yield txn
+                    except _DAMAGE as exc:
+                        raise CorruptStoreError(
+                            f"{self.path}: LMDB pages are damaged ({exc})") from None
+                    return
+            with self._guard.remapping():  # a writer grew the file past our map: adopt its size
+                self.env.set_mapsize(0)
+        raise CorruptStoreError(f"{self.path}: the LMDB map keeps outgrowing this reader")
 
     def encode(self, ids: np.ndarray, rows: np.ndarray):
         """(key, framed value or None) per row; None marks a row equal to the constant init."""
@@ -278,7 +378,7 @@ class DiskTier:
             return
         order = np.argsort(ids, kind="stable")
         keys = row_keys(ids[order])
-        with self.env.begin(db=self.rows_db) as txn:
+        with self.reading() as txn:
             get = txn.get
             values = [get(k) for k in keys]
         found = np.fromiter((v is not None for v in values), dtype=bool, count=n)
@@ -306,25 +406,41 @@ class DiskTier:
             raise CorruptRowError(ids[~ok], f"payload does not decode with codec {self.codec.codec_id!r}")
         out[positions] = decoded
 
-    def scan(self, chunk: int = 65536):
-        """Yield (ids, values, keybytes) of stored records in id order, in chunks."""
-        with self.env.begin(db=self.rows_db) as txn:
-            cursor = txn.cursor()
+    def scan(self, chunk: int = 65536, start: int = 0):
+        """Yield lists of (key, value) of stored records in key order, ``chunk`` at a time.
+
+        Each chunk is read in its own transaction, so nothing is held between
+        chunks (a writer may commit, and the map may grow, in between).
+        """
+        key = int(start).to_bytes(8, "big") if start else None  # None: from the first record
+        after = False  # resume after ``key`` rather than at it
+        while True:
             batch = []
-            for key, value in cursor:
-                batch.append((key, value))
-                if len(batch) == chunk:
-                    yield batch
-                    batch = []
+            with self.reading() as txn:
+                cursor = txn.cursor()
+                found = cursor.first() if key is None else cursor.set_range(key)
+                if found and after and cursor.key() == key:
+                    found = cursor.next()
+                if found:
+                    for item in cursor:
+                        batch.append(item)
+                        if len(batch) == chunk:
+                            break
             if batch:
                 yield batch
+            if len(batch) < chunk:
+                return
+            key, after = batch[-1][0], True
 
     def stored_rows(self) -> int:
-        with self.env.begin(db=self.rows_db) as txn:
+        with self.reading() as txn:
             return txn.stat(self.rows_db)["entries"]
 
     def sync(self):
-        self.env.sync(True)
+        try:
+            self.env.sync(True)
+        except (lmdb.Error, OSError) as exc:
+            raise self._write_error(exc) from None
 
     def file_bytes(self) -> int:
         return (self.path / "data.mdb").stat().st_size
