@@ -55,3 +55,22 @@ def test_bench_runs_end_to_end(tmp_path):
     for title in ("Lookup throughput", "Combined (device + RAM) hit ratio", "cold (all misses)",
                   "Bytes on disk per row"):
         assert title in out.stdout
+
+
+def test_salvage_copies_readable_rows_and_exits_1_on_loss(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    ts.create(src, 10, 4, "float32", init=table).close()
+    env = lmdb.open(str(src), max_dbs=2)
+    with env.begin(write=True, db=env.open_db(b"rows")) as txn:
+        key = (3).to_bytes(8, "big")
+        value = bytearray(txn.get(key))
+        value[0] ^= 0xFF
+        txn.put(key, bytes(value))
+    env.close()
+    out = run_cli("salvage", src, dst)
+    assert out.returncode == 1, out.stderr
+    assert "3" in out.stdout
+    with ts.open(dst, readonly=True) as s:
+        got = s.lookup(np.arange(10))
+    np.testing.assert_array_equal(np.delete(got, 3, axis=0), np.delete(table, 3, axis=0))

@@ -1,12 +1,20 @@
-"""The ``tierstore`` command line."""
+"""The ``tierstore`` command line.
+
+    tierstore profile TRACE [--device-rows N --ram-rows N --target 0.9 ...]
+    tierstore create PATH --rows N --dim D
+    tierstore import SOURCE PATH          # .npy or .safetensors -> a new store
+    tierstore export PATH OUT.npy
+    tierstore stat PATH | check PATH | bench
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import api
-from .errors import TierstoreError
+from .errors import ConfigError, TierstoreError
 
 
 def _bench(args):
@@ -21,9 +29,32 @@ def _bench(args):
     return 0
 
 
+def _print_info(info: dict, as_json: bool):
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    flat = {}
+    for key, value in info.items():
+        if isinstance(value, dict) and key == "tiers":
+            for tier, fields in value.items():
+                for name, v in fields.items():
+                    flat[f"{tier}_{name}"] = v
+        else:
+            flat[key] = value
+    width = max(map(len, flat))
+    for key, value in flat.items():
+        print(f"{key:<{width}}  {value}")
+
+
 def _stat(args):
+    from .config import StoreConfig
+    from .policy import CacheState
+
     with api.open(args.path, readonly=True) as store:
         disk = store._disk
+        records = disk.stored_rows()
+        used = disk.used_bytes()
+        row_bytes = store.dim * store.dtype.itemsize
         info = {
             "path": str(store.path),
             "num_rows": store.num_rows,
@@ -32,17 +63,25 @@ def _stat(args):
             "codec": store.codec.get_config(),
             "init": disk.meta.init,
             "format_version": disk.meta.version,
-            "stored_records": disk.stored_rows(),
+            "stored_records": records,
             "file_bytes": disk.file_bytes(),
-            "used_bytes": disk.used_bytes(),
-            "logical_bytes": store.num_rows * store.dim * store.dtype.itemsize,
+            "used_bytes": used,
+            "logical_bytes": store.num_rows * row_bytes,
+            "row_bytes": row_bytes,
+            "disk_bytes_per_record": round(used / records, 1) if records else None,
         }
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        width = max(map(len, info))
-        for key, value in info.items():
-            print(f"{key:<{width}}  {value}")
+    defaults = StoreConfig()
+    device = defaults.device_rows if args.device_rows is None else args.device_rows
+    ram = defaults.ram_rows if args.ram_rows is None else args.ram_rows
+    if device < 0 or ram < 0 or device + ram < 1:
+        raise ConfigError("--device-rows and --ram-rows must be >= 0, together >= 1")
+    info["tiers"] = {
+        "device": {"rows": device, "bytes": device * row_bytes},
+        "ram": {"rows": ram, "bytes": ram * row_bytes},
+        "bookkeeping": {"bytes": CacheState.new(device, ram, args.policy).nbytes()},
+        "disk": {"rows": info["num_rows"], "bytes": used},
+    }
+    _print_info(info, args.json)
     return 0
 
 
@@ -53,9 +92,237 @@ def _check(args):
     return 0 if report.ok else 1
 
 
+def _salvage(args):
+    from .salvage import salvage
+
+    report = salvage(args.src, args.dst, overwrite=args.overwrite, num_rows=args.num_rows,
+                     dim=args.dim, dtype=args.dtype, codec=args.codec)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _create(args):
+    from .config import StoreConfig
+
+    config = StoreConfig(codec=_codec_arg(args.codec), allow_nonfinite=args.allow_nonfinite)
+    store = api.create(args.path, args.rows, args.dim, args.dtype, init=args.init,
+                       config=config, overwrite=args.overwrite)
+    with store:
+        print(f"created {store.path}: {store.num_rows:,} rows x {store.dim} {store.dtype.name}, "
+              f"codec {store.codec.codec_id}, every row {args.init}")
+    return 0
+
+
+def _codec_arg(text: str):
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"--codec is not valid JSON ({exc})") from None
+    return text
+
+
+def _import(args):
+    from .transfer import import_table, open_source
+
+    src = open_source(args.source, args.tensor)
+    summary = import_table(src, args.path, dtype=args.dtype, codec=_codec_arg(args.codec),
+                           overwrite=args.overwrite, allow_nonfinite=args.allow_nonfinite,
+                           start=args.start, chunk_rows=args.chunk_rows,
+                           progress=not args.quiet)
+    where = f" rows {args.start:,}.." if args.start is not None else ""
+    print(f"imported {summary['source']} into {summary['path']}{where}: {summary['rows']:,} rows "
+          f"x {summary['dim']} {summary['dtype']} in {summary['seconds']:.1f} s")
+    return 0
+
+
+def _export(args):
+    from .transfer import export_npy
+
+    summary = export_npy(args.path, args.out, chunk_rows=args.chunk_rows, progress=not args.quiet)
+    print(f"exported {summary['path']} to {summary['out']}: {summary['rows']:,} rows x "
+          f"{summary['dim']} {summary['dtype']} in {summary['seconds']:.1f} s")
+    return 0
+
+
+def _profile(args):
+    import numpy as np
+
+    from . import profile as P
+
+    source = {}
+    if args.ngram or args.text:
+        if args.text:
+            if args.trace:
+                raise ConfigError("give either TRACE (token ids) or --text FILE, not both")
+            tokens, vocab = P.read_text_tokens(args.text)
+            source["path"] = str(args.text)
+            vocab_size = args.vocab_size or vocab
+        else:
+            if not args.trace:
+                raise ConfigError("--ngram needs TRACE, a .npy of token ids (or --text FILE)")
+            tokens = P.load_tokens(args.trace)
+            source["path"] = str(args.trace)
+            vocab_size = args.vocab_size
+        table_size = args.table_size
+        if table_size is not None and len(table_size) == 1:
+            table_size = table_size[0]
+        trace, hasher = P.ngram_trace(tokens, vocab_size, max_ngram=args.max_ngram,
+                                      heads=args.heads, table_size=table_size,
+                                      layer_id=args.layer_id, seed=args.seed, pad_id=args.pad_id)
+        source.update(format="text" if args.text else "token ids", num_rows=hasher.num_rows,
+                      num_rows_source="the hasher's tables",
+                      ngram={"tokens": int(np.asarray(tokens).size),
+                             "vocab_size": hasher.vocab_size, "max_ngram": hasher.max_ngram,
+                             "heads": hasher.heads, "ids_per_token": hasher.ids_per_token,
+                             "layer_id": hasher.layer_id, "seed": hasher.seed,
+                             "pad_id": hasher.pad_id})
+    else:
+        if not args.trace:
+            raise ConfigError("give TRACE, a .npy of row ids (or --ngram / --text)")
+        trace = P.load_trace(args.trace, args.format)
+        source.update(path=str(args.trace), format=args.format)
+    spec = P.ProfileSpec(device_rows=args.device_rows, ram_rows=args.ram_rows,
+                         policies=tuple(args.policies), batch=args.batch, warmup=args.warmup,
+                         target=args.target, device_target=args.device_target,
+                         lookup_rate=args.lookup_rate, row_bytes=args.row_bytes,
+                         num_rows=args.num_rows, sample_accesses=args.sample_accesses,
+                         plot=args.plot)
+    log = (lambda msg: print(f"tierstore profile: {msg}", file=sys.stderr)) if args.verbose \
+        else None
+    report = P.profile(trace, spec, source, log)
+    if args.json:
+        print(json.dumps(report, indent=2, default=_json_default))
+    else:
+        print(P.format_report(report))
+    return 0
+
+
+def _json_default(x):
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _nonneg_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tierstore", description=__doc__)
+    from .policy import POLICIES
+
+    parser = argparse.ArgumentParser(prog="tierstore", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    prof = sub.add_parser(
+        "profile", help="replay an id trace through the tiers: hit ratios per tier and policy, "
+        "bounds, tier sizes for a target hit ratio, bandwidth per tier",
+        description="Replay an id trace through tierstore's own planner and print, per tier and "
+        "policy, the hit ratios a store of the given sizes would reach, next to the static "
+        "optimum and Belady's MIN; the smallest memory reaching --target under the default "
+        "policy; and the bandwidth each tier must supply at --lookup-rate.")
+    prof.add_argument("trace", nargs="?", help="a .npy of integer row ids (any shape), raw "
+                      "little-endian int64 with --format raw, or token ids with --ngram")
+    prof.add_argument("--format", choices=("npy", "raw"), default="npy")
+    prof.add_argument("--device-rows", type=_nonneg_int, help="device tier rows "
+                      "(default: 1%% of the id space)")
+    prof.add_argument("--ram-rows", type=_nonneg_int, help="RAM tier rows "
+                      "(default: 10%% of the id space)")
+    prof.add_argument("--num-rows", type=_positive_int, help="rows in the table (default: the "
+                      "largest id + 1, or the hasher's rows with --ngram)")
+    prof.add_argument("--batch", type=_positive_int, default=1,
+                      help="ids per lookup call (default 1: sequential)")
+    prof.add_argument("--warmup", type=_fraction, default=0.0,
+                      help="share of the trace that only warms the cache (default 0)")
+    prof.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES,
+                      metavar="POLICY", help=f"policies to replay (default: all of "
+                      f"{', '.join(POLICIES)})")
+    prof.add_argument("--target", type=float, default=0.9,
+                      help="combined hit ratio the sizing aims at (default 0.9)")
+    prof.add_argument("--device-target", type=float,
+                      help="size the device tier for this device hit ratio (default: keep the "
+                      "given device share of memory)")
+    prof.add_argument("--lookup-rate", type=float, default=1e6,
+                      help="ids looked up per second, for the bandwidth table (default 1e6)")
+    prof.add_argument("--row-bytes", type=_positive_int, default=256,
+                      help="bytes per row (default 256: 128 float16)")
+    prof.add_argument("--sample-accesses", type=_positive_int, default=2_000_000,
+                      help="accesses in the spatial sample the sizing search runs on "
+                      "(default 2,000,000)")
+    prof.add_argument("--json", action="store_true", help="print the figures as JSON")
+    prof.add_argument("--plot", metavar="OUT.png", help="draw the miss-ratio curves of every "
+                      "policy against memory size (needs matplotlib: tierstore[plot])")
+    prof.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    ngram = prof.add_argument_group("Engram n-gram ids (tierstore.hashing.NgramHasher)")
+    ngram.add_argument("--ngram", action="store_true", help="TRACE holds token ids ([seq] or "
+                       "[batch, seq], read row by row); profile their hashed n-gram row ids")
+    ngram.add_argument("--text", metavar="FILE", help="UTF-8 text instead of TRACE: its words "
+                       "and punctuation become token ids (first-seen order), then --ngram")
+    ngram.add_argument("--vocab-size", type=_positive_int,
+                       help="token vocabulary (default: the largest token id + 1)")
+    ngram.add_argument("--max-ngram", type=int, default=3)
+    ngram.add_argument("--heads", type=_positive_int, default=8)
+    ngram.add_argument("--table-size", type=_positive_int, nargs="+",
+                       help="rows per table, one value or one per order (default 5 x vocab)")
+    ngram.add_argument("--layer-id", type=_nonneg_int, default=0)
+    ngram.add_argument("--seed", type=_nonneg_int, default=0)
+    ngram.add_argument("--pad-id", type=_nonneg_int, default=0)
+    prof.set_defaults(run=_profile)
+
+    create = sub.add_parser("create", help="create an empty store (every row a constant)")
+    create.add_argument("path")
+    create.add_argument("--rows", type=_positive_int, required=True)
+    create.add_argument("--dim", type=_positive_int, required=True)
+    create.add_argument("--dtype", default="float16", choices=("float16", "float32", "float64"))
+    create.add_argument("--codec", default="raw", help="raw, zstd, int8, or a JSON config")
+    create.add_argument("--init", type=float, default=0.0, help="every row's value (default 0)")
+    create.add_argument("--allow-nonfinite", action="store_true")
+    create.add_argument("--overwrite", action="store_true")
+    create.set_defaults(run=_create)
+
+    imp = sub.add_parser("import", help="a .npy (memory-mapped) or safetensors tensor -> a store")
+    imp.add_argument("source", help="a .npy file or a .safetensors file")
+    imp.add_argument("path", help="the store to create (or to write into, with --start)")
+    imp.add_argument("--tensor", help="which tensor of a safetensors file holding several")
+    imp.add_argument("--dtype", choices=("float16", "float32", "float64"),
+                     help="the store's dtype (default: the source's; bf16 becomes float32)")
+    imp.add_argument("--codec", default="raw", help="raw, zstd, int8, or a JSON config")
+    imp.add_argument("--start", type=_nonneg_int, help="write into the existing store at PATH, "
+                     "from this row on")
+    imp.add_argument("--chunk-rows", type=_positive_int, default=1 << 16)
+    imp.add_argument("--allow-nonfinite", action="store_true")
+    imp.add_argument("--overwrite", action="store_true", help="replace a store at PATH")
+    imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(run=_import)
+
+    exp = sub.add_parser("export", help="every row of a store -> a .npy file")
+    exp.add_argument("path")
+    exp.add_argument("out", help="the .npy file to write")
+    exp.add_argument("--chunk-rows", type=_positive_int, default=1 << 16)
+    exp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    exp.set_defaults(run=_export)
 
     bench = sub.add_parser("bench", help="create a store from a generated table, run Zipf and "
                            "drifting id streams through it, print hit ratios and throughput")
@@ -72,14 +339,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workdir", help="where to build the store (default: a temporary folder)")
     bench.set_defaults(run=_bench)
 
-    stat = sub.add_parser("stat", help="metadata and sizes of a store")
+    stat = sub.add_parser("stat", help="metadata, sizes, codec, and what tiers of the given "
+                          "sizes would hold")
     stat.add_argument("path")
     stat.add_argument("--json", action="store_true")
+    stat.add_argument("--device-rows", type=int, help="device tier rows to size "
+                      "(default: StoreConfig's)")
+    stat.add_argument("--ram-rows", type=int, help="RAM tier rows to size (default: StoreConfig's)")
+    stat.add_argument("--policy", default="adaptive", choices=POLICIES)
     stat.set_defaults(run=_stat)
 
     check = sub.add_parser("check", help="verify every stored row; exit 1 on damage")
     check.add_argument("path")
     check.set_defaults(run=_check)
+
+    salv = sub.add_parser("salvage", help="copy every readable row of a damaged store into a new "
+                          "one; exit 1 if rows were lost")
+    salv.add_argument("src")
+    salv.add_argument("dst")
+    salv.add_argument("--overwrite", action="store_true")
+    salv.add_argument("--num-rows", type=_positive_int, help="when the metadata is damaged")
+    salv.add_argument("--dim", type=_positive_int, help="when the metadata is damaged")
+    salv.add_argument("--dtype", help="when the metadata is damaged")
+    salv.add_argument("--codec", help="when the metadata is damaged")
+    salv.set_defaults(run=_salvage)
     return parser
 
 
@@ -87,9 +370,17 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
+    except BrokenPipeError:
+        # the reader left (tierstore profile ... | head): nothing more to say, and nothing to
+        # flush at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (TierstoreError, OSError) as exc:
         print(f"tierstore {args.command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"tierstore {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def _count_start_tier(meta, start, count):
         meta[RAM_HITS] += count
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty):
     meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
         heap, hpos, born, seen, swapped, free_device, free_ram, sketch, sketch_state, \
@@ -133,7 +133,7 @@ def _device_victim(meta, owner, entry_id, swapped, sketch, epoch):
     return best, best_est
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
     meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
         heap, hpos, born, seen, swapped, free_device, free_ram, sketch, sketch_state, \
@@ -185,7 +185,7 @@ def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
     return n_sw
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def plan_batch(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot,
                ev_dirty, sw_u, sw_from, sw_to, sw_has_y):
     """Plan one batch; returns (number of evictions, number of promotions).
@@ -219,5 +219,20 @@ def simulate_trace(st, trace, batch):
         start_slot = np.empty(n, dtype=np.int64)
         probe(st, uniq, start_entry, start_slot)
         aslot, fresh, ev_id, ev_slot, ev_dirty, sw_u, sw_from, sw_to, sw_has_y = plan_outputs(n)
+        plan_batch(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot,
+                   ev_dirty, sw_u, sw_from, sw_to, sw_has_y)
+
+
+@njit(cache=True)
+def simulate_sequential(st, trace):
+    """Replay ``trace`` one id at a time (batch 1), reusing one set of buffers."""
+    uniq = np.empty(1, dtype=np.int64)
+    counts = np.ones(1, dtype=np.int64)
+    start_entry = np.empty(1, dtype=np.int64)
+    start_slot = np.empty(1, dtype=np.int64)
+    aslot, fresh, ev_id, ev_slot, ev_dirty, sw_u, sw_from, sw_to, sw_has_y = plan_outputs(1)
+    for i in range(len(trace)):
+        uniq[0] = trace[i]
+        probe(st, uniq, start_entry, start_slot)
         plan_batch(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot,
                    ev_dirty, sw_u, sw_from, sw_to, sw_has_y)

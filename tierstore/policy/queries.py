@@ -8,7 +8,7 @@ from .state import (CAPACITY, DEVICE_ROWS, FREE_DEVICE, FREE_RAM, HEAP_SIZE, LFU
                     USED)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def probe(st, ids, entries, slots):
     """Entry and physical slot of each id; -1 for both where the row is not in memory."""
     keys = st[2]
