@@ -25,7 +25,9 @@ class StoreConfig:
     dict, or a :class:`~tierstore.codecs.Codec`; it only matters when a store
     is created, since an existing store keeps its own codec.
     The LMDB map starts at ``map_size`` bytes and doubles when full, up to
-    ``max_map_size`` (``None``: no ceiling but the disk).
+    ``max_map_size`` (``None``: no ceiling but the disk). Dirty rows evicted from
+    memory wait in a write-back buffer until ``writeback_rows`` of them go to disk
+    in one transaction (``None``: ``max(4096, memory_rows // 8)``), or ``flush()``.
     """
 
     device_rows: int = 1 << 14
@@ -37,6 +39,7 @@ class StoreConfig:
     max_map_size: int | None = None
     allow_nonfinite: bool = False
     sketch_width: int | None = None
+    writeback_rows: int | None = None
     codec_obj: Codec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -63,6 +66,11 @@ class StoreConfig:
             not isinstance(self.sketch_width, int) or self.sketch_width < 16
         ):
             raise ConfigError(f"sketch_width must be None or an int >= 16, got {self.sketch_width!r}")
+        if self.writeback_rows is not None and (
+            isinstance(self.writeback_rows, bool) or not isinstance(self.writeback_rows, int)
+            or self.writeback_rows < 1
+        ):
+            raise ConfigError(f"writeback_rows must be None or an int >= 1, got {self.writeback_rows!r}")
         object.__setattr__(self, "codec_obj", get_codec(self.codec))
         if self.allow_nonfinite and not self.codec_obj.lossless:
             raise ConfigError(f"codec {self.codec_obj.codec_id!r} cannot store NaN or Inf: "

@@ -88,7 +88,8 @@ class Store:
         # the write-back buffer: rows evicted dirty, newer than disk, written in batches and by flush
         self._pending_ids = np.empty(0, dtype=np.int64)
         self._pending_rows = np.empty((0, self.dim), dtype=self.dtype)
-        self._writeback_rows = max(WRITEBACK_MIN_ROWS, config.memory_rows // 8)
+        self._writeback_rows = config.writeback_rows or max(WRITEBACK_MIN_ROWS,
+                                                            config.memory_rows // 8)
         self._closed = False
         self._staging = Staging(limit_rows=max(4 * config.memory_rows, PREFETCH_MIN_ROWS))
         self._prefetcher: ThreadPoolExecutor | None = None
@@ -111,6 +112,9 @@ class Store:
             flat = id_array.reshape(-1)
             uniq, inverse, counts = dedupe(flat)
             rows = self._fetch(uniq, counts)
+            finish = getattr(self._memory, "finish_lookup", None)
+            if finish is not None:  # the CUDA tier assembles the output on the GPU
+                return finish(rows, inverse, id_array.shape)
             out = np.take(rows, inverse, axis=0).reshape(id_array.shape + (self.dim,))
             return self._memory.to_output(out, as_torch)
 
@@ -154,6 +158,9 @@ class Store:
         if len(dirty):
             self._write_back(ev_id[dirty], self._memory.read(ev_slot[dirty]))
         admitted = np.flatnonzero(fresh)
+        fill = getattr(self._memory, "fill_rows", None)
+        if fill is not None:  # the CUDA tier leaves device hits' host rows unfilled
+            fill(rows, np.concatenate([admitted, sw_u[:n_sw]]))
         if len(admitted):
             self._memory.write(aslot[admitted], rows[admitted])
         if n_sw:
@@ -164,7 +171,7 @@ class Store:
 
     def _write_back(self, ids, rows):
         """Evicted dirty rows join the write-back buffer, which goes to disk in one
-        transaction once it holds ``writeback_rows`` rows, and at ``flush()``.
+        transaction once it holds ``config.writeback_rows`` rows, and at ``flush()``.
 
         Reads consult the buffer first (it is newer than disk), so deferring costs
         nothing but memory, and saves a synchronous commit on most lookups. If the

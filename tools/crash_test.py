@@ -47,7 +47,9 @@ NUM_ROWS = 6000
 DIM = 8
 HOT = 48                 # a hot set a bit larger than memory: hot rows are updated while resident
 STEP_SPAN = 1_000_000    # version = round * STEP_SPAN + step: versions only grow
-CHILD_TIERS = {"device_rows": 4, "ram_rows": 28, "map_size": 1 << 20}
+# writeback_rows=1: every dirty eviction is committed at once, so the aimed kills can land
+# inside those commits (a larger buffer makes them rare and brief)
+CHILD_TIERS = {"device_rows": 4, "ram_rows": 28, "map_size": 1 << 20, "writeback_rows": 1}
 FLUSH_P = 0.15
 PREFETCH_P = 0.1
 
