@@ -112,11 +112,7 @@ class Store:
             flat = id_array.reshape(-1)
             uniq, inverse, counts = dedupe(flat)
             rows = self._fetch(uniq, counts)
-            finish = getattr(self._memory, "finish_lookup", None)
-            if finish is not None:  # the CUDA tier assembles the output on the GPU
-                return finish(rows, inverse, id_array.shape)
-            out = np.take(rows, inverse, axis=0).reshape(id_array.shape + (self.dim,))
-            return self._memory.to_output(out, as_torch)
+            return self._memory.finish_lookup(rows, inverse, id_array.shape, as_torch)
 
     def _fetch(self, uniq, counts):
         """Rows of unique ids, from whichever tier holds them; then let the policy move rows."""
@@ -158,9 +154,7 @@ class Store:
         if len(dirty):
             self._write_back(ev_id[dirty], self._memory.read(ev_slot[dirty]))
         admitted = np.flatnonzero(fresh)
-        fill = getattr(self._memory, "fill_rows", None)
-        if fill is not None:  # the CUDA tier leaves device hits' host rows unfilled
-            fill(rows, np.concatenate([admitted, sw_u[:n_sw]]))
+        self._memory.fill_rows(rows, np.concatenate([admitted, sw_u[:n_sw]]))
         if len(admitted):
             self._memory.write(aslot[admitted], rows[admitted])
         if n_sw:

@@ -44,12 +44,18 @@ class HostMemory:
         self.device[slots[on_device]] = rows[on_device]
         self.ram[slots[~on_device] - self.device_rows] = rows[~on_device]
 
-    def to_output(self, rows: np.ndarray, as_torch: bool):
+    def fill_rows(self, rows: np.ndarray, positions: np.ndarray):
+        """Make ``rows[positions]`` hold their rows before the store moves them: the host
+        tiers gathered every row already."""
+
+    def finish_lookup(self, rows: np.ndarray, inverse: np.ndarray, shape: tuple, as_torch: bool):
+        """The unique rows expanded to the caller's ids: numpy, or torch for torch ids."""
+        out = np.take(rows, inverse, axis=0).reshape(shape + (self.dim,))
         if not as_torch:
-            return rows
+            return out
         from ._torch import torch_module
 
-        return torch_module().from_numpy(rows)
+        return torch_module().from_numpy(out)
 
     def nbytes(self) -> int:
         return self.device.nbytes + self.ram.nbytes

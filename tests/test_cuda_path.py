@@ -1,0 +1,86 @@
+"""The CUDA tier's lookup path: GPU gather, pinned RAM slab, staged uploads (GPU only)."""
+import numpy as np
+import pytest
+
+import tierstore as ts
+from tierstore.workloads import zipf_ids
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+
+
+def _store(tmp_path, table, device_rows=64, ram_rows=256, **kw):
+    config = ts.StoreConfig(device_rows=device_rows, ram_rows=ram_rows, device="cuda", **kw)
+    return ts.create(tmp_path / "s", len(table), table.shape[1], table.dtype, init=table,
+                     config=config)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_lookup_over_all_tiers_matches_table(tmp_path, dtype):
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(4000, 12)).astype(dtype)
+    with _store(tmp_path, table) as store:
+        ids = zipf_ids(len(table), 1.05, 40 * 500, seed=1).reshape(40, 500)
+        for batch in ids:
+            out = store.lookup(batch.reshape(20, 25))
+            assert out.is_cuda and out.shape == (20, 25, 12) and out.dtype == getattr(torch, dtype)
+            np.testing.assert_array_equal(out.cpu().numpy(), table[batch.reshape(20, 25)])
+        s = store.stats()
+        assert s["device"]["hits"] > 0 and s["ram"]["hits"] > 0 and s["misses"] > 0
+        assert s["promotions"] > 0
+
+
+def test_updates_reach_every_tier(tmp_path):
+    rng = np.random.default_rng(2)
+    table = rng.normal(size=(2000, 8)).astype(np.float32)
+    ref = table.copy()
+    with _store(tmp_path, table, device_rows=32, ram_rows=96) as store:
+        for k in range(30):
+            ids = zipf_ids(len(table), 1.1, 300, seed=k)
+            np.testing.assert_array_equal(store.lookup(ids).cpu().numpy(), ref[ids])
+            upd = np.unique(ids)[:50]
+            new = rng.normal(size=(len(upd), 8)).astype(np.float32)
+            store.update(upd, new)
+            ref[upd] = new
+        store.flush()
+        np.testing.assert_array_equal(store.lookup(np.arange(2000)).cpu().numpy(), ref)
+
+
+def test_lookup_path_never_synchronises_the_device(tmp_path, monkeypatch):
+    table = np.random.default_rng(3).normal(size=(3000, 16)).astype(np.float16)
+    with _store(tmp_path, table, device_rows=128, ram_rows=512) as store:
+        store.lookup(np.arange(100))        # warm up: buffers allocated
+        calls = []
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: calls.append(a))
+        outs = [store.lookup(zipf_ids(3000, 1.05, 2000, seed=k)) for k in range(10)]
+        assert not calls
+        monkeypatch.undo()
+        for k, out in enumerate(outs):
+            np.testing.assert_array_equal(out.cpu().numpy(), table[zipf_ids(3000, 1.05, 2000, seed=k)])
+
+
+def test_ram_slab_is_pinned_and_staging_reused(tmp_path):
+    table = np.random.default_rng(4).normal(size=(1000, 8)).astype(np.float32)
+    with _store(tmp_path, table, device_rows=16, ram_rows=64) as store:
+        memory = store._memory
+        assert memory.ram_tensor.is_pinned()
+        assert memory.ram.ctypes.data == memory.ram_tensor.data_ptr()
+        for k in range(20):
+            store.lookup(zipf_ids(1000, 1.0, 200, seed=k))
+        buffers = {id(slot.host) for slot in memory.uploader.ring if slot.host is not None}
+        assert 0 < len(buffers) <= len(memory.uploader.ring)
+        assert all(slot.host.is_pinned() for slot in memory.uploader.ring if slot.host is not None)
+
+
+def test_lookup_on_a_side_stream_and_empty_batches(tmp_path):
+    table = np.random.default_rng(5).normal(size=(500, 4)).astype(np.float32)
+    with _store(tmp_path, table, device_rows=8, ram_rows=32) as store:
+        assert store.lookup(np.empty((0, 3), dtype=np.int64)).shape == (0, 3, 4)
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            for k in range(5):
+                ids = zipf_ids(500, 1.0, 100, seed=k)
+                out = store.lookup(torch.as_tensor(ids))
+                got = out.cpu().numpy()
+                np.testing.assert_array_equal(got, table[ids])
