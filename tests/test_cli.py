@@ -1,12 +1,15 @@
 """The command line through its real entry point."""
 import json
+import os
 import subprocess
 import sys
 
-import lmdb
 import numpy as np
 
 import tierstore as ts
+
+sys.path.insert(0, os.path.dirname(__file__))
+from damage import corrupt_row  # noqa: E402
 
 
 def run_cli(*args):
@@ -29,14 +32,7 @@ def test_stat_and_check(tmp_path):
 def test_check_exits_nonzero_on_damage(tmp_path):
     path = tmp_path / "s"
     ts.create(path, 10, 4, "float32", init=np.ones((10, 4))).close()
-    env = lmdb.open(str(path), max_dbs=2)
-    db = env.open_db(b"rows")
-    with env.begin(write=True, db=db) as txn:
-        key = (7).to_bytes(8, "big")
-        value = bytearray(txn.get(key))
-        value[3] ^= 0xFF
-        txn.put(key, bytes(value))
-    env.close()
+    corrupt_row(path, 7)
     out = run_cli("check", path)
     assert out.returncode == 1
     assert "corrupt row ids: 7" in out.stdout
@@ -61,13 +57,7 @@ def test_salvage_copies_readable_rows_and_exits_1_on_loss(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     table = np.arange(40, dtype=np.float32).reshape(10, 4)
     ts.create(src, 10, 4, "float32", init=table).close()
-    env = lmdb.open(str(src), max_dbs=2)
-    with env.begin(write=True, db=env.open_db(b"rows")) as txn:
-        key = (3).to_bytes(8, "big")
-        value = bytearray(txn.get(key))
-        value[0] ^= 0xFF
-        txn.put(key, bytes(value))
-    env.close()
+    corrupt_row(src, 3, byte=0)
     out = run_cli("salvage", src, dst)
     assert out.returncode == 1, out.stderr
     assert "3" in out.stdout

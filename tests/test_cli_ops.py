@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
 
-import lmdb
 import numpy as np
 
 import tierstore as ts
+
+sys.path.insert(0, os.path.dirname(__file__))
+from damage import corrupt_row  # noqa: E402
 from tierstore import cli
 
 
@@ -187,14 +190,7 @@ def test_export_errors(tmp_path, capsys):
     assert out.returncode == 2 and "no such store" in out.stderr and "nothing" in out.stderr
     path = tmp_path / "s"
     ts.create(path, 10, 4, "float32", init=np.ones((10, 4))).close()
-    env = lmdb.open(str(path), max_dbs=2)
-    db = env.open_db(b"rows")
-    with env.begin(write=True, db=db) as txn:
-        key = (7).to_bytes(8, "big")
-        value = bytearray(txn.get(key))
-        value[3] ^= 0xFF
-        txn.put(key, bytes(value))
-    env.close()
+    corrupt_row(path, 7)
     assert cli.main(["export", str(path), str(tmp_path / "o.npy"), "-q"]) == 2
     assert "corrupt row 7" in capsys.readouterr().err
     assert list(tmp_path.glob("*.npy")) == [] and list(tmp_path.glob(".*partial*")) == []
