@@ -60,6 +60,73 @@ def test_lookup_path_never_synchronises_the_device(tmp_path, monkeypatch):
             np.testing.assert_array_equal(out.cpu().numpy(), table[zipf_ids(3000, 1.05, 2000, seed=k)])
 
 
+def test_lookups_ahead_on_a_worker_match_and_never_synchronise(tmp_path, monkeypatch):
+    table = np.random.default_rng(6).normal(size=(3000, 16)).astype(np.float16)
+    with _store(tmp_path, table, device_rows=128, ram_rows=512) as store:
+        store.lookup(np.arange(100))
+        calls = []
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: calls.append(a))
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            handles = [store.lookup_async(zipf_ids(3000, 1.05, 2000, seed=k)) for k in range(10)]
+            outs = [h.result() for h in handles]
+            assert all(o.is_cuda for o in outs)
+        assert not calls
+        monkeypatch.undo()
+        stream.synchronize()
+        for k, out in enumerate(outs):
+            np.testing.assert_array_equal(out.cpu().numpy(), table[zipf_ids(3000, 1.05, 2000, seed=k)])
+
+
+def test_rows_never_come_back_from_the_gpu(tmp_path, monkeypatch):
+    table = np.random.default_rng(7).normal(size=(2000, 8)).astype(np.float32)
+    ref = table.copy()
+    rng = np.random.default_rng(8)
+    with _store(tmp_path, table, device_rows=32, ram_rows=96) as store:
+        copies = []
+        real_cpu, real_copy = torch.Tensor.cpu, torch.Tensor.copy_
+
+        def cpu(t, *a, **k):
+            copies.append(t.device)
+            return real_cpu(t, *a, **k)
+
+        def copy_(dst, src, *a, **k):
+            if src.is_cuda and not dst.is_cuda:
+                copies.append(src.device)
+            return real_copy(dst, src, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+        monkeypatch.setattr(torch.Tensor, "copy_", copy_)
+        outs = []
+        for k in range(30):         # lookups, promotions, demotions, dirty write-backs, flushes
+            ids = zipf_ids(len(table), 1.1, 300, seed=k)
+            outs.append((store.lookup(ids), ref[ids].copy()))
+            upd = np.unique(ids)[:40]
+            new = rng.normal(size=(len(upd), 8)).astype(np.float32)
+            store.update(upd, new)
+            ref[upd] = new
+            if k % 10 == 9:
+                store.flush()
+        assert not copies and store.stats()["writebacks"] > 0
+        monkeypatch.undo()
+        for out, want in outs:
+            np.testing.assert_array_equal(out.cpu().numpy(), want)
+        np.testing.assert_array_equal(store._memory.device_snapshot(), store._memory.shadow)
+
+
+def test_buffers_grown_under_inference_mode_serve_lookups_on_a_worker(tmp_path):
+    table = np.random.default_rng(9).normal(size=(5000, 8)).astype(np.float16)
+    with _store(tmp_path, table, device_rows=256, ram_rows=1024) as store:
+        with torch.inference_mode():           # the scratch tail and staging grow in the mode
+            for k in range(4):
+                ids = zipf_ids(5000, 0.9, 3000, seed=k)
+                np.testing.assert_array_equal(store.lookup(ids).cpu().numpy(), table[ids])
+        for k in range(4, 8):                   # and are written outside it, on the worker
+            ids = zipf_ids(5000, 0.9, 3000, seed=k)
+            np.testing.assert_array_equal(store.lookup_async(ids).result().cpu().numpy(), table[ids])
+        np.testing.assert_array_equal(store._memory.device_snapshot(), store._memory.shadow)
+
+
 def test_ram_slab_is_pinned_and_staging_reused(tmp_path):
     table = np.random.default_rng(4).normal(size=(1000, 8)).astype(np.float32)
     with _store(tmp_path, table, device_rows=16, ram_rows=64) as store:

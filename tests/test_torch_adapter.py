@@ -335,9 +335,41 @@ def test_load_state_dict_into_same_store_keeps_it(tmp_path):
 
 
 # -- prefetch ------------------------------------------------------------------------------------
-def test_prefetch_forwards_to_store(tmp_path):
+def test_prefetch_of_a_frozen_table_runs_the_lookup_ahead(tmp_path):
     table = make_table()
     emb = TieredEmbedding(make_store(tmp_path, table, config=ts.StoreConfig(device_rows=1, ram_rows=1)))
+    ids = torch.tensor([[3, 4, 5], [6, 7, 3]])
+    handle = emb.prefetch(ids)
+    assert handle.wait(timeout=10) == 5 and handle.done()
+    torch.testing.assert_close(emb(ids), torch.from_numpy(table[ids.numpy()]))
+    stats = emb.store.stats()
+    assert stats["lookups"] == 6 and stats["prefetch"]["lookups_ahead"] == 1   # looked up once
+    torch.testing.assert_close(emb(ids), torch.from_numpy(table[ids.numpy()]))
+    assert emb.store.stats()["lookups"] == 12                                   # used once only
+    emb.store.close()
+
+
+def test_prefetched_rows_made_stale_by_an_update_are_looked_up_again(tmp_path):
+    table = make_table()
+    emb = TieredEmbedding(make_store(tmp_path, table, config=ts.StoreConfig(device_rows=2, ram_rows=2)))
+    ids = torch.tensor([1, 2, 9, 2])
+    untouched = torch.tensor([5, 6])
+    handle, other = emb.prefetch(ids), emb.prefetch(untouched)
+    new = np.full((1, D), 7.0, dtype=np.float32)
+    emb.store.update([9], new)                  # waits for both lookups, which read the old row
+    assert handle.stale and not other.stale
+    np.testing.assert_array_equal(handle.result().numpy()[2], table[9])
+    expected = table[ids.numpy()].copy()
+    expected[2] = new[0]
+    torch.testing.assert_close(emb(ids), torch.from_numpy(expected))
+    torch.testing.assert_close(emb(untouched), torch.from_numpy(table[[5, 6]]))
+    emb.store.close()
+
+
+def test_prefetch_of_a_trained_table_reads_the_disk_ahead(tmp_path):
+    table = make_table()
+    emb = TieredEmbedding(make_store(tmp_path, table, config=ts.StoreConfig(device_rows=1, ram_rows=1)),
+                          optimizer=RowSGD(0.1))
     ids = torch.tensor([[3, 4, 5], [6, 7, 3]])
     handle = emb.prefetch(ids)
     assert handle.wait(timeout=10) == 5 and handle.done()
@@ -496,3 +528,21 @@ def test_empty_batch_trains_nothing(tmp_path):
     assert emb.step() == 0
     np.testing.assert_array_equal(all_rows(emb).numpy(), table)
     emb.store.close()
+
+
+def test_engram_prefetch_at_forward_entry_gives_the_same_output(tmp_path):
+    block, hasher, table = make_engram(tmp_path)
+    rng = np.random.default_rng(11)
+    with torch.no_grad():
+        for k in range(6):
+            tokens = torch.as_tensor(rng.integers(0, VOCAB, size=(2, 12)))
+            hidden = torch.randn(2, 12, HIDDEN)
+            handle = block.prefetch(tokens)
+            out = block(hidden, tokens)
+            assert handle.done()
+            torch.testing.assert_close(out, reference_engram(block, table, hidden, tokens),
+                                       rtol=1e-5, atol=1e-5)
+    stats = block.store.stats()
+    assert stats["prefetch"]["lookups_ahead"] == 6 and stats["lookups"] == 6 * 2 * 12 * hasher.ids_per_token
+    assert not block._hashed_ahead and not block.table._ahead
+    block.store.close()

@@ -34,6 +34,39 @@ class PrefetchHandle:
     result = wait
 
 
+class LookupHandle:
+    """A lookup running ahead on the store's worker (:meth:`Store.lookup_async`).
+
+    ``result()`` gives the rows (on a CUDA store, safe to use on the calling
+    stream); ``wait()`` blocks until they are ready and returns how many rows
+    the lookup read from disk. ``stale`` is true once an update wrote one of
+    its rows after it ran.
+    """
+
+    def __init__(self, deliver):
+        self._deliver = deliver
+        self.future: Future | None = None
+        self.uniq: np.ndarray | None = None     # its unique ids, once it has run
+        self.stale = False
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.future.result(timeout)[1]
+
+    def result(self, timeout: float | None = None):
+        return self._deliver(self.future.result(timeout)[0])
+
+    def wait_quietly(self):
+        """Block until it has run, whatever its outcome (its errors surface in ``result``)."""
+        self.future.exception()
+
+    def note_update(self, ids: np.ndarray):
+        if not self.stale and self.uniq is not None and np.isin(self.uniq, ids).any():
+            self.stale = True
+
+
 class Staging:
     """Rows read ahead of use, as a queue of (sorted ids, rows) chunks."""
 

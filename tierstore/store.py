@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ from .policy import CacheState
 from .policy import state as S
 from .policy.planner import plan_batch, plan_outputs
 from .policy.queries import check_invariants, clear_dirty, dirty_rows, mark_dirty, probe, touch
-from .prefetch import PrefetchHandle, Staging
+from .prefetch import LookupHandle, PrefetchHandle, Staging
 from .tiers.disk import DiskTier
 from .tiers.memory import HostMemory
 from .validation import as_id_array, as_rows, is_torch_tensor
@@ -96,7 +97,9 @@ class Store:
         self._write_gen = 0          # bumped by every update
         self._recent_writes = []     # (gen, ids) of updates while prefetches are in flight
         self._inflight = 0
-        self._prefetch_stats = {"prefetches": 0, "rows_read": 0, "rows_used": 0}
+        self._prefetch_stats = {"prefetches": 0, "rows_read": 0, "rows_used": 0, "lookups_ahead": 0}
+        self._ahead: weakref.WeakSet[LookupHandle] = weakref.WeakSet()   # async lookups, for staleness
+        self._disk_rows_read = 0
 
     # -- reading ---------------------------------------------------------------------------
     def lookup(self, ids):
@@ -107,12 +110,57 @@ class Store:
         """
         with self._lock:
             self._check_open()
-            as_torch = is_torch_tensor(ids)
+            ready = self._lookup(as_id_array(ids, self.num_rows), is_torch_tensor(ids))
+        return self._memory.deliver(ready)
+
+    def lookup_async(self, ids) -> LookupHandle:
+        """Start ``lookup(ids)`` on the store's worker thread; ``handle.result()`` gives the rows.
+
+        Ids are checked now (bad ones raise here). The lookup reads the rows as they
+        are now: ``update``, ``flush``, ``refresh`` and ``close`` first wait for the
+        async lookups started before them. Its host work (planning, disk reads,
+        packing) runs beside the caller; on a CUDA store its copy and gather run on
+        the tier's stream, and ``result()`` hands the tensor to the caller's stream.
+        ``handle.stale`` turns true once an update writes one of its rows: the
+        result then holds rows older than the store's.
+        """
+        with self._lock:
+            self._check_open()
             id_array = as_id_array(ids, self.num_rows)
-            flat = id_array.reshape(-1)
-            uniq, inverse, counts = dedupe(flat)
+            handle = LookupHandle(self._memory.deliver)
+            handle.future = self._worker().submit(self._lookup_ahead, handle, id_array,
+                                                  is_torch_tensor(ids))
+            self._ahead.add(handle)
+            self._prefetch_stats["lookups_ahead"] += 1
+            return handle
+
+    def _lookup_ahead(self, handle, id_array, as_torch):
+        with self._lock:
+            self._check_open()
+            before = self._disk_rows_read
+            ready = self._lookup(id_array, as_torch, handle)
+            return ready, self._disk_rows_read - before
+
+    def _lookup(self, id_array, as_torch, handle=None):
+        uniq, inverse, counts = dedupe(id_array.reshape(-1))
+        if handle is not None:
+            handle.uniq = uniq
+        try:
             rows = self._fetch(uniq, counts)
             return self._memory.finish_lookup(rows, inverse, id_array.shape, as_torch)
+        except BaseException:
+            self._memory.abort_lookup()   # rows the plan moved reach their slots all the same
+            raise
+
+    def _wait_ahead(self):
+        """Let async lookups started before this call finish (they read the rows as they were)."""
+        for handle in list(self._ahead):
+            handle.wait_quietly()
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="tierstore-prefetch")
+        return self._prefetcher
 
     def _fetch(self, uniq, counts):
         """Rows of unique ids, from whichever tier holds them; then let the policy move rows."""
@@ -134,6 +182,7 @@ class Store:
 
     def _read_disk(self, ids, rows, positions):
         self._disk.read_rows(ids, rows, positions)
+        self._disk_rows_read += len(ids)
         self._overlay_pending(ids, rows, positions)
 
     def _overlay_pending(self, ids, rows, positions=None):
@@ -209,11 +258,10 @@ class Store:
         with self._lock:
             self._check_open()
             uniq = dedupe(as_id_array(ids, self.num_rows).reshape(-1))[0]
-            if self._prefetcher is None:
-                self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="tierstore-prefetch")
+            future = self._worker().submit(self._prefetch_rows, uniq)
             self._inflight += 1
             self._prefetch_stats["prefetches"] += 1
-            return PrefetchHandle(self._prefetcher.submit(self._prefetch_rows, uniq))
+            return PrefetchHandle(future)
 
     def _prefetch_rows(self, uniq):
         try:
@@ -258,6 +306,7 @@ class Store:
         Rows in memory are changed in place and written to disk when evicted
         or flushed; rows only on disk are written at once.
         """
+        self._wait_ahead()
         with self._lock:
             self._check_open()
             self._check_writable()
@@ -275,13 +324,18 @@ class Store:
             self._drop_pending(uniq[~resident])
             self._memory.write(slots[resident], values[resident])
             mark_dirty(self._st, uniq[resident])
+            for handle in list(self._ahead):
+                handle.note_update(uniq)
 
     def flush(self):
         """Write every dirty row in one transaction; after it returns, a crash loses nothing."""
+        self._wait_ahead()
         with self._lock:
             self._check_open()
-            if self.readonly:
-                return
+            self._flush()
+
+    def _flush(self):
+        if not self.readonly:
             ids, slots = dirty_rows(self._st)
             records = self._disk.encode(self._pending_ids, self._pending_rows)
             records += self._disk.encode(ids, self._memory.read(slots))
@@ -303,12 +357,12 @@ class Store:
         store (whose cache is never stale) this flushes first and frees the tiers.
         Counters and the admission sketch are kept.
         """
+        self._wait_ahead()
         while True:
             with self._lock:
                 self._check_open()
                 if not self._inflight:
-                    if not self.readonly:
-                        self.flush()
+                    self._flush()
                     self._forget_cached_rows()
                     return
                 try:  # the one worker runs prefetches in order: this waits for those queued
@@ -415,8 +469,7 @@ class Store:
             if self._closed:
                 return
             try:
-                if not self.readonly:
-                    self.flush()
+                self._flush()
             finally:
                 self._closed = True
                 self._staging.clear()

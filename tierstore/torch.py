@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 _STATE_FORMAT = "tierstore.torch.TieredEmbedding/1"
+MAX_LOOKUPS_AHEAD = 4     # prefetched lookups a module keeps for its coming forwards
 
 
 def _torch_dtype(np_dtype):
@@ -127,6 +128,7 @@ class TieredEmbedding(nn.Module):
         self.register_buffer("_probe", torch.empty(0, dtype=dtype or _torch_dtype(store.dtype)),
                              persistent=False)
         self._records: list[_Record] = []
+        self._ahead = []      # (ids, handle) of lookups started by prefetch, oldest first
         if optimizer is not None:
             optimizer.bind(store)
 
@@ -159,12 +161,14 @@ class TieredEmbedding(nn.Module):
     def forward(self, ids):
         if torch.is_tensor(ids) and ids.is_floating_point():
             raise TypeError(f"ids must be integers, got a tensor of {ids.dtype}")
-        raw = self.store.lookup(ids if torch.is_tensor(ids) else torch.as_tensor(np.asarray(ids)))
+        ids = ids if torch.is_tensor(ids) else torch.as_tensor(np.asarray(ids))
+        raw = self._prefetched_rows(ids)
+        if raw is None:
+            raw = self.store.lookup(ids)
         out = raw.to(device=self._probe.device, dtype=self._probe.dtype)
         if not (self.trainable and torch.is_grad_enabled()):
             return out
-        flat_ids = (ids if torch.is_tensor(ids) else torch.as_tensor(np.asarray(ids)))
-        record = _Record(flat_ids.detach().reshape(-1).to("cpu", torch.int64),
+        record = _Record(ids.detach().reshape(-1).to("cpu", torch.int64),
                          raw.detach().reshape(-1, self.embedding_dim))
         out = out.detach().requires_grad_(True)
         out.register_hook(record.add)
@@ -208,6 +212,11 @@ class TieredEmbedding(nn.Module):
                                "or RowAdagrad(...)")
         try:
             found = self.row_gradients()
+            if hasattr(self.store, "apply_gradients"):
+                # a tierstore.distributed.ShardedStore: a collective every rank joins, even
+                # one without gradients; each row's owner sums all ranks' gradients
+                ids, _, grads = (None, None, None) if found is None else found
+                return self.store.apply_gradients(ids, grads, self.optimizer)
             if found is None or not len(found[0]):
                 return 0
             uniq, rows, grads = found
@@ -230,8 +239,36 @@ class TieredEmbedding(nn.Module):
         return sum(len(r.ids) for r in self._records)
 
     def prefetch(self, ids):
-        """``store.prefetch(ids)``: start reading these rows in the background; returns a handle."""
-        return self.store.prefetch(ids)
+        """Start fetching the rows of a coming ``forward(ids)`` in the background; returns a handle
+        (``wait()`` blocks until done).
+
+        A frozen table (inference) runs the whole lookup ahead (:meth:`Store.lookup_async`:
+        planning, disk reads, and on CUDA the copy and gather on the store's stream), and the
+        next ``forward`` of equal ids takes its rows. A trained table only reads the disk ahead
+        (:meth:`Store.prefetch`): the step before that forward may rewrite the rows."""
+        lookup_async = getattr(self.store, "lookup_async", None)
+        if self.trainable or lookup_async is None:
+            return self.store.prefetch(ids)
+        ids = ids if torch.is_tensor(ids) else torch.as_tensor(np.asarray(ids))
+        handle = lookup_async(ids)
+        self._ahead.append((ids.detach().to("cpu"), handle))
+        del self._ahead[:-MAX_LOOKUPS_AHEAD]
+        return handle
+
+    def _prefetched_rows(self, ids):
+        """The rows of a lookup started by :meth:`prefetch` for these ids, unless an update
+        made them stale; None if there is none."""
+        for k, (ahead_ids, handle) in enumerate(self._ahead):
+            if ahead_ids.shape == ids.shape and torch.equal(ahead_ids, ids.detach().to("cpu")):
+                del self._ahead[k]
+                if handle.stale:
+                    handle.wait_quietly()
+                    return None
+                try:
+                    return handle.result()
+                except Exception:  # noqa: BLE001  the lookup again raises it, where it belongs
+                    return None
+        return None
 
     def flush(self):
         """Make the table and the optimizer state durable."""
@@ -431,6 +468,7 @@ class EngramMemory(nn.Module):
         self.key_norm = RMSNorm(hidden_dim, eps)
         self.query_norm = RMSNorm(hidden_dim, eps)
         self.short_conv = ShortConv(hidden_dim, kernel_size, dilation or int(hasher.max_ngram))
+        self._hashed_ahead = []   # (tokens, ids) hashed by prefetch, for the coming forwards
 
     @property
     def store(self):
@@ -441,16 +479,29 @@ class EngramMemory(nn.Module):
         """Global row ids ``(batch, seq, ids_per_token)`` of ``tokens``, as a CPU int64 tensor."""
         arr = tokens.detach().to("cpu", torch.int64).numpy() if torch.is_tensor(tokens) \
             else np.asarray(tokens, dtype=np.int64)
+        for k, (ahead_tokens, ids) in enumerate(self._hashed_ahead):
+            if ahead_tokens.shape == arr.shape and np.array_equal(ahead_tokens, arr):
+                del self._hashed_ahead[k]        # hashed by prefetch already
+                return ids
         if self.compressor is not None:
             arr = np.asarray(self.compressor(arr), dtype=np.int64)
         ids = self.hasher(arr)
         return torch.as_tensor(np.asarray(ids, dtype=np.int64))
 
     def prefetch(self, tokens):
-        """Hash ``tokens`` and start reading their rows in the background; returns the handle
-        (None when the table is a plain ``nn.Embedding``, which has nothing to prefetch)."""
+        """Hash ``tokens`` and start fetching their rows in the background (see
+        :meth:`TieredEmbedding.prefetch`); returns the handle (None when the table has no
+        ``prefetch``, as a plain ``nn.Embedding``). Call it at forward entry, or earlier: the
+        rows are on their way while the blocks before this one run."""
         prefetch = getattr(self.table, "prefetch", None)
-        return None if prefetch is None else prefetch(self.row_ids(tokens))
+        if prefetch is None:
+            return None
+        arr = tokens.detach().to("cpu", torch.int64).numpy() if torch.is_tensor(tokens) \
+            else np.asarray(tokens, dtype=np.int64)
+        ids = self.row_ids(arr)
+        self._hashed_ahead.append((arr.copy(), ids))
+        del self._hashed_ahead[:-MAX_LOOKUPS_AHEAD]
+        return prefetch(ids)
 
     def memory(self, hidden, tokens):
         """The Engram block's output (without the residual)."""
@@ -458,7 +509,10 @@ class EngramMemory(nn.Module):
             raise ValueError(f"hidden must be (batch, seq, {self.hidden_dim}), got {tuple(hidden.shape)}")
         if tuple(tokens.shape) != tuple(hidden.shape[:2]):
             raise ValueError(f"tokens {tuple(tokens.shape)} do not match hidden {tuple(hidden.shape[:2])}")
-        rows = self.table(self.row_ids(tokens))                # (B, T, ids_per_token, d)
+        ids = self.row_ids(tokens)
+        if isinstance(self.table, nn.Embedding):
+            ids = ids.to(self.table.weight.device)
+        rows = self.table(ids)                                  # (B, T, ids_per_token, d)
         e = rows.flatten(-2).to(hidden.dtype)
         key = self.key_norm(self.key_proj(e))
         query = self.query_norm(hidden)

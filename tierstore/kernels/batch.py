@@ -5,7 +5,7 @@ from numba import njit
 from .hashing import mix64
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def first_out_of_range(ids, num_rows):
     """Index of the first id outside ``[0, num_rows)``, or -1."""
     for k in range(len(ids)):
@@ -14,7 +14,7 @@ def first_out_of_range(ids, num_rows):
     return -1
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _dedupe(ids, keep_last):
     n = len(ids)
     size = 8
@@ -47,14 +47,14 @@ def _dedupe(ids, keep_last):
     return uniq[:m], inverse, counts[:m], where[:m]
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def dedupe(ids):
     """Unique ids in first-seen order, the inverse map and each id's count."""
     uniq, inverse, counts, _ = _dedupe(ids, False)
     return uniq, inverse, counts
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def dedupe_last(ids):
     """Unique ids in first-seen order and the position of each one's last occurrence."""
     uniq, _, _, last = _dedupe(ids, True)
@@ -71,7 +71,7 @@ def any_nonfinite_row(rows):
     return -1
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def gather_tiered(device, ram, device_rows, slots, out):
     """``out[k]`` = the row in physical slot ``slots[k]`` (left alone where -1).
 

@@ -22,7 +22,7 @@ def _crc_tables():
 CRC_TABLES = _crc_tables()
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def crc32_update(crc, buf, start, stop):
     """zlib's CRC-32 continued over ``buf[start:stop]``, eight bytes a step."""
     t = CRC_TABLES
@@ -41,7 +41,7 @@ def crc32_update(crc, buf, start, stop):
     return c ^ np.uint32(0xFFFFFFFF)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def verify_frames(keybuf, buf, starts, stops, ok):
     """Check each value's trailing CRC-32 of (key, payload); strip it from ``stops``.
 
@@ -61,7 +61,7 @@ def verify_frames(keybuf, buf, starts, stops, ok):
         stops[i] = end
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def decode_raw_rows(buf, starts, stops, out, ok):
     width = out.shape[1]
     for i in range(len(starts)):
@@ -72,7 +72,7 @@ def decode_raw_rows(buf, starts, stops, out, ok):
         ok[i] = True
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def decode_int8_rows(buf, starts, stops, out, ok):
     """Payload: float32 scale (little-endian), then one int8 per element."""
     dim = out.shape[1]

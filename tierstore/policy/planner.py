@@ -185,7 +185,7 @@ def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
     return n_sw
 
 
-@njit(cache=True, _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def plan_batch(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot,
                ev_dirty, sw_u, sw_from, sw_to, sw_has_y):
     """Plan one batch; returns (number of evictions, number of promotions).

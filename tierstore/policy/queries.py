@@ -8,7 +8,7 @@ from .state import (CAPACITY, DEVICE_ROWS, FREE_DEVICE, FREE_RAM, HEAP_SIZE, LFU
                     USED)
 
 
-@njit(cache=True, _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def probe(st, ids, entries, slots):
     """Entry and physical slot of each id; -1 for both where the row is not in memory."""
     keys = st[2]
@@ -20,7 +20,7 @@ def probe(st, ids, entries, slots):
         slots[k] = phys[e] if e >= 0 else -1
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def touch(st, ids):
     """Reorder resident rows among ``ids`` as if used now, counting nothing: rows that
     a queued prefetch says are about to be used move away from eviction."""

@@ -5,11 +5,13 @@ Run it on your own configuration::
     from tierstore.testing import run_store_machine
     run_store_machine(ts.StoreConfig(device_rows=2, ram_rows=3, policy="lru"))
 
-Rules look rows up, prefetch them, update them (duplicate ids included),
-flush, close and reopen, and run the integrity check; with tiers of a few rows, rows move
-between device, RAM and disk at almost every step. After every step the
-bookkeeping invariants must hold: no tier above its capacity, each resident
-id in exactly one slot.
+Rules look rows up (at once, or ahead with ``lookup_async``, whose result must
+be the rows as they were when it started), prefetch them, update them
+(duplicate ids included), flush, close and reopen, and run the integrity
+check; with tiers of a few rows, rows move between device, RAM and disk at
+almost every step. After every step the bookkeeping invariants must hold: no
+tier above its capacity, each resident id in exactly one slot, and on CUDA
+the device slab equal to its host shadow.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.root = Path(tempfile.mkdtemp(prefix="tierstore-machine-"))
         self.path = self.root / "store"
         self.store = None
+        self.ahead = []   # (handle, ids, rows expected, ids updated since)
 
     @initialize()
     def create(self):
@@ -61,9 +64,11 @@ class StoreMachine(RuleBasedStateMachine):
         return flat.reshape(np.shape(ids) + (self.dim,))
 
     def assert_rows(self, got, ids):
+        self.assert_rows_equal(got, self.expected(ids))
+
+    def assert_rows_equal(self, got, want):
         if hasattr(got, "cpu"):  # a torch tensor (device="cuda" returns CUDA tensors)
             got = got.cpu().numpy()
-        want = self.expected(ids)
         assert got.shape == want.shape, (got.shape, want.shape)
         codec = self.store.codec
         if codec.lossless:
@@ -89,6 +94,20 @@ class StoreMachine(RuleBasedStateMachine):
         self.store.update(np.asarray(ids), rows)
         for i, row in zip(ids, rows):
             self.model[i] = row
+        for _, _, _, updated in self.ahead:
+            updated.update(ids)
+
+    @rule(ids=ids_1d)
+    def lookup_ahead(self, ids):
+        arr = np.asarray(ids, dtype=np.int64)
+        self.ahead.append((self.store.lookup_async(arr), arr, self.expected(arr), set()))
+
+    @rule()
+    def collect_ahead(self):
+        for handle, arr, want, updated in self.ahead:
+            self.assert_rows_equal(handle.result(), want)
+            assert handle.stale == bool(updated & set(arr.tolist()))
+        self.ahead = []
 
     @rule(ids=ids_1d, wait=st.booleans())
     def prefetch(self, ids, wait):
@@ -102,6 +121,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule()
     def reopen(self):
+        self.collect_ahead()
         self.store.close()
         self.store = api.open(self.path, config=self.config)
 
@@ -114,6 +134,10 @@ class StoreMachine(RuleBasedStateMachine):
     def bookkeeping_holds(self):
         if self.store is None:
             return
+        with self.store._lock:       # a lookup started ahead may be running on the worker
+            self.check_bookkeeping()
+
+    def check_bookkeeping(self):
         state = self.store._state
         assert check_invariants(state.arrays()) == 0
         resident = state.resident()
@@ -122,9 +146,13 @@ class StoreMachine(RuleBasedStateMachine):
             <= self.config.device_rows
         assert len(set(resident.values())) == len(resident)
         assert int(state.meta[S.USED]) == len(resident)
+        shadow = getattr(self.store._memory, "shadow", None)
+        if shadow is not None:
+            np.testing.assert_array_equal(self.store._memory.device_snapshot(), shadow)
 
     def teardown(self):
         if self.store is not None:
+            self.collect_ahead()
             self.store.close()
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -1,27 +1,28 @@
 """The device tier on a CUDA GPU: hot slab in HBM, warm slab in pinned host memory.
 
-Same interface as :class:`~tierstore.tiers.memory.HostMemory`, plus
-:meth:`CudaMemory.finish_lookup`, through which the store's ``lookup`` gets its
-output without a round trip through host memory:
+Same interface as :class:`~tierstore.tiers.memory.HostMemory`. The GPU is
+never read back: a host *shadow* of the device slab holds what every device
+slot holds, so demotions, write-backs and flushes read the shadow, and the
+only device-to-host traffic is none at all. One lookup costs the GPU one
+host-to-device copy and three kernels, all on the tier's own stream:
 
-* ``gather`` (the lookup's gather) copies the rows of RAM slots into the host
-  batch and gathers the rows of device slots *on the GPU* into a device buffer;
-  the host batch's rows of device slots are left alone (the store only reads
-  the host rows of misses and RAM hits, which it admits and promotes);
-* the store then fills the misses (prefetch staging, disk) on the host;
-* ``finish_lookup`` packs the host rows (misses and RAM hits) and the output's
-  index into a reusable pinned staging buffer, copies it with one non-blocking
-  copy on a side stream, makes the current stream wait for that copy with a
-  CUDA event, and assembles the output with one GPU gather.
+* ``gather`` (the lookup's gather) copies the rows of RAM slots into the
+  host batch and notes which of the batch's ids sit in device slots;
+* the store fills the misses (prefetch staging, disk) on the host and plans
+  the batch; writes to device slots update the shadow and are noted;
+* ``finish_lookup`` packs, in one reusable pinned staging buffer, the
+  output's index (a device slot, or a row of the batch's host rows), the
+  host rows, and the device slots written with their new rows; one
+  non-blocking copy on a side stream carries it; on the tier's stream the
+  host rows go to a scratch tail of the slab, one ``F.embedding`` gathers
+  the output (device rows as they were when the batch began, since it runs
+  before the writes), then one ``index_copy_`` applies the writes.
 
-Nothing on the lookup path waits for the whole device: the host waits only for
-the event of a staging buffer's previous copy before refilling it (a ring of
-buffers), and device-to-host copies happen only where rows leave the device
-slab (demotions, write-backs, flush), which ``read`` serves.
-
-Ordering: every slab operation is issued on the stream current at the call, so
-a gather issued before a write sees the row as it was. Use one stream (or
-synchronise your streams) for all calls on one store.
+The output is handed to the caller's stream through a CUDA event
+(:meth:`CudaMemory.deliver`), so a lookup may be computed on a worker thread
+while the model runs, and nothing on the path waits for the device: the host
+waits only for a staging buffer's previous copy before refilling it (a ring
+of buffers).
 """
 from __future__ import annotations
 
@@ -30,10 +31,11 @@ import numpy as np
 from ..errors import ConfigError
 from ..kernels.batch import gather_tiered
 from ._torch import torch_module
-from .memory import HostMemory, words
+from .memory import words
 
 ALIGN = 256          # bytes: each packed array starts at a multiple (any dtype's view is legal)
 STAGING_SLOTS = 4    # pinned staging buffers in the ring
+MIN_SCRATCH_ROWS = 1024
 
 
 def _align(n: int) -> int:
@@ -47,7 +49,7 @@ class _Slot:
         self.capacity = 0
         self.host = self.host_np = self.dev = None
         self.copied = torch.cuda.Event()     # the host-to-device copy out of ``host`` is done
-        self.consumed = torch.cuda.Event()   # the current stream is done reading ``dev``
+        self.consumed = torch.cuda.Event()   # the stream that read ``dev`` is done with it
 
 
 class Uploader:
@@ -72,9 +74,10 @@ class Uploader:
     def _grow(self, slot: _Slot, total: int):
         torch = self.torch
         capacity = max(_align(total), 2 * slot.capacity, 1 << 20)
-        slot.host = torch.empty(capacity, dtype=torch.uint8, pin_memory=True)
+        with torch.inference_mode(False):      # reused outside the mode it was grown in
+            slot.host = torch.empty(capacity, dtype=torch.uint8, pin_memory=True)
+            slot.dev = torch.empty(capacity, dtype=torch.uint8, device=self.device)
         slot.host_np = slot.host.numpy()
-        slot.dev = torch.empty(capacity, dtype=torch.uint8, device=self.device)
         slot.capacity = capacity
 
     def send(self, specs):
@@ -131,8 +134,17 @@ def _copy_into(src):
     return fill
 
 
-class CudaMemory(HostMemory):
-    """Device slab in GPU memory, RAM slab in pinned host memory (a torch tensor with a numpy view)."""
+class Ready:
+    """A lookup's output on the tier's stream, with the event that marks it done."""
+    __slots__ = ("out", "event")
+
+    def __init__(self, out, event):
+        self.out = out
+        self.event = event
+
+
+class CudaMemory:
+    """Device slab in GPU memory (with a host shadow), RAM slab in pinned host memory."""
 
     def __init__(self, device_rows: int, ram_rows: int, dim: int, dtype, device: str):
         torch = torch_module()
@@ -146,106 +158,141 @@ class CudaMemory(HostMemory):
         self.dim = dim
         self.dtype = np.dtype(dtype)
         self._tdtype = _torch_dtype(torch, self.dtype)
-        self.device = torch.zeros((device_rows, dim), dtype=self._tdtype, device=self.device_name)
-        self.ram_tensor = torch.zeros((ram_rows, dim), dtype=self._tdtype, pin_memory=ram_rows > 0)
+        self.stream = torch.cuda.Stream(device=self.device_name)
+        with torch.cuda.stream(self.stream), torch.inference_mode(False):   # all slab work: here
+            self.slab = torch.zeros((device_rows + MIN_SCRATCH_ROWS, dim), dtype=self._tdtype,
+                                    device=self.device_name)
+        self.shadow = np.zeros((device_rows, dim), dtype=self.dtype)
+        with torch.inference_mode(False):
+            self.ram_tensor = torch.zeros((ram_rows, dim), dtype=self._tdtype, pin_memory=ram_rows > 0)
         self.ram = self.ram_tensor.numpy()
-        self._no_device = np.zeros((0, dim), dtype=self.dtype)
         self.uploader = Uploader(torch, self.device_name)
-        self._pending = None      # what gather left for finish_lookup
+        self._batch = None        # set by gather, consumed by finish_lookup: (slots, written)
+
+    @property
+    def device(self):
+        """The device slab (a CUDA tensor of ``device_rows`` rows), written on :attr:`stream`."""
+        return self.slab[:self.device_rows]
+
+    def device_snapshot(self) -> np.ndarray:
+        """A host copy of the device slab once the work issued on it is done (for checks)."""
+        self.stream.synchronize()
+        return self.device.cpu().numpy()
 
     # -- the lookup path ---------------------------------------------------------------------
     def gather(self, slots: np.ndarray, out: np.ndarray):
-        """The lookup's gather: rows of RAM slots into ``out`` (host); rows of device slots
-        gathered on the GPU into a buffer that :meth:`finish_lookup` completes. Rows of
-        ``out`` whose slot is -1 or a device slot are left alone."""
-        torch = self._torch
+        """The lookup's gather: rows of RAM slots into ``out``; rows of device slots are left
+        alone (the GPU gathers them in :meth:`finish_lookup`), as are those of slot -1."""
         slots = np.asarray(slots, dtype=np.int64)
-        on_device = (slots >= 0) & (slots < self.device_rows)
-        dev_pos = np.flatnonzero(on_device)
-        host_slots = np.where(on_device, -1, slots)
-        if (host_slots >= 0).any():
-            gather_tiered(words(self._no_device), words(self.ram), self.device_rows, host_slots,
-                          words(out))
-        uniq_rows = torch.empty((len(slots), self.dim), dtype=self._tdtype, device=self.device_name)
-        if len(dev_pos):
-            slot, (index,) = self.uploader.send(
-                [(np.int64, (len(dev_pos),), _take_into(slots, dev_pos))])
-            torch.index_select(self.device, 0, index, out=uniq_rows[:len(dev_pos)])
-            self.uploader.release(slot)
-        self._pending = (uniq_rows, dev_pos, on_device)
+        host_slots = np.where(slots < self.device_rows, -1, slots)
+        gather_tiered(words(self.shadow), words(self.ram), self.device_rows, host_slots, words(out))
+        self._batch = (slots, [])
 
     def fill_rows(self, rows: np.ndarray, positions: np.ndarray):
-        """Fill the host rows at ``positions`` that :meth:`gather` left alone (device hits),
-        for the store to move them. Only ids whose entry another id of the same batch
-        took need this (a batch larger than memory); it copies device to host."""
-        uniq_rows, dev_pos, on_device = self._pending
+        """Fill ``rows[positions]`` that :meth:`gather` left alone (device slots), from the shadow,
+        before the store moves them."""
+        slots, _ = self._batch
         positions = np.asarray(positions, dtype=np.int64)
-        need = positions[on_device[positions]]
-        if not len(need):
-            return
-        need = np.unique(need)
-        at = np.searchsorted(dev_pos, need)
-        slot, (index,) = self.uploader.send([(np.int64, (len(at),), _copy_into(at))])
-        values = uniq_rows.index_select(0, index)
-        self.uploader.release(slot)
-        rows[need] = values.cpu().numpy()
+        need = positions[(slots[positions] >= 0) & (slots[positions] < self.device_rows)]
+        if len(need):
+            rows[need] = self.shadow[slots[need]]
 
     def finish_lookup(self, rows: np.ndarray, inverse: np.ndarray, shape: tuple,
-                      as_torch: bool = True):
-        """The output of ``lookup``: a CUDA tensor of shape ``shape + (dim,)``. ``rows`` are the
-        unique ids' rows as the store filled them on the host (misses and RAM hits),
-        ``inverse`` maps each id to its unique row."""
-        uniq_rows, dev_pos, on_device = self._pending
-        self._pending = None
-        n_dev = len(dev_pos)
+                      as_torch: bool = True) -> Ready:
+        """The output of ``lookup``, of shape ``shape + (dim,)``, computed on the tier's stream.
+        ``rows`` are the unique ids' rows as the store filled them on the host (misses and RAM
+        hits); ``inverse`` maps each id to its unique row. Pass the result to :meth:`deliver`."""
+        torch = self._torch
+        slots, written = self._batch
+        on_device = (slots >= 0) & (slots < self.device_rows)
         host_pos = np.flatnonzero(~on_device)
-        where = np.empty(len(rows), dtype=np.int64)   # unique row -> its row in uniq_rows
-        where[dev_pos] = np.arange(n_dev)
-        where[host_pos] = np.arange(n_dev, len(rows))
+        self._reserve_scratch(len(host_pos))
+        where = slots.astype(np.int32)       # unique row -> its row in the slab
+        where[host_pos] = self.device_rows + np.arange(len(host_pos), dtype=np.int32)
         inverse = np.asarray(inverse, dtype=np.int64).reshape(-1)
-        slot, (index, host_rows) = self.uploader.send([
-            (np.int64, (len(inverse),), _take_into(where, inverse)),
-            (self.dtype, (len(host_pos), self.dim), _take_into(rows, host_pos)),
-        ])
-        if len(host_pos):
-            uniq_rows[n_dev:].copy_(host_rows)
-        out = uniq_rows.index_select(0, index)
-        self.uploader.release(slot)
-        return out.view(tuple(shape) + (self.dim,))
+        wslots = np.unique(np.concatenate(written)) if written else np.empty(0, dtype=np.int64)
+        with torch.cuda.stream(self.stream):
+            slot, (index, host_rows, dev_slots, dev_rows) = self.uploader.send([
+                (np.int32, (len(inverse),), _take_into(where, inverse)),
+                (self.dtype, (len(host_pos), self.dim), _take_into(rows, host_pos)),
+                (np.int64, (len(wslots),), _copy_into(wslots)),
+                (self.dtype, (len(wslots), self.dim), _take_into(self.shadow, wslots)),
+            ])
+            if len(host_pos):
+                self.slab[self.device_rows:self.device_rows + len(host_pos)].copy_(host_rows)
+            out = torch.nn.functional.embedding(index, self.slab)
+            if len(wslots):
+                self.slab.index_copy_(0, dev_slots, dev_rows)
+            self.uploader.release(slot)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        self._batch = None
+        return Ready(out.view(tuple(shape) + (self.dim,)), event)
+
+    def abort_lookup(self):
+        """A lookup failed after :meth:`gather`: send what it wrote to device slots anyway."""
+        if self._batch is not None:
+            _, written = self._batch
+            self._batch = None
+            if written:
+                self._send_rows(np.unique(np.concatenate(written)))
+
+    def deliver(self, ready: Ready):
+        """The output of :meth:`finish_lookup`, made safe to use on the current stream."""
+        current = self._torch.cuda.current_stream(self.device_name)
+        current.wait_event(ready.event)
+        ready.out.record_stream(current)
+        return ready.out
+
+    def _reserve_scratch(self, rows: int):
+        """Grow the slab's scratch tail (which holds one batch's host rows) to ``rows``."""
+        if self.device_rows + rows <= len(self.slab):
+            return
+        torch = self._torch
+        scratch = max(rows, 2 * (len(self.slab) - self.device_rows))
+        # not an inference tensor even if a lookup under torch.inference_mode() grows it:
+        # later writes may come from outside that mode (an update, a lookup on a worker)
+        with torch.cuda.stream(self.stream), torch.inference_mode(False):
+            slab = torch.empty((self.device_rows + scratch, self.dim), dtype=self._tdtype,
+                               device=self.device_name)
+            slab[:self.device_rows].copy_(self.slab[:self.device_rows])
+        self.slab = slab
 
     # -- moving rows -------------------------------------------------------------------------
     def read(self, slots: np.ndarray) -> np.ndarray:
-        """Rows of ``slots`` on the host (device rows come back with a device-to-host copy,
-        which waits for the current stream)."""
+        """Rows of ``slots``, from the shadow and the RAM slab (no device-to-host copy)."""
         slots = np.asarray(slots, dtype=np.int64)
         out = np.empty((len(slots), self.dim), dtype=self.dtype)
-        on_device = (slots >= 0) & (slots < self.device_rows)
-        dev_pos = np.flatnonzero(on_device)
-        if len(dev_pos):
-            slot, (index,) = self.uploader.send(
-                [(np.int64, (len(dev_pos),), _take_into(slots, dev_pos))])
-            values = self.device.index_select(0, index)
-            self.uploader.release(slot)
-            out[dev_pos] = values.cpu().numpy()
-        host_slots = np.where(on_device, -1, slots)
-        if (host_slots >= 0).any():
-            gather_tiered(words(self._no_device), words(self.ram), self.device_rows, host_slots,
-                          words(out))
+        gather_tiered(words(self.shadow), words(self.ram), self.device_rows, slots, words(out))
         return out
 
     def write(self, slots: np.ndarray, rows: np.ndarray):
+        """Rows into slots. Device slots change in the shadow at once and on the GPU with the
+        current lookup's output (after its gather), or at once outside a lookup."""
         rows = np.asarray(rows, dtype=self.dtype)
         slots = np.asarray(slots, dtype=np.int64)
         on_device = slots < self.device_rows
-        dev_pos = np.flatnonzero(on_device)
-        if len(dev_pos):
-            slot, (index, values) = self.uploader.send([
-                (np.int64, (len(dev_pos),), _take_into(slots, dev_pos)),
-                (self.dtype, (len(dev_pos), self.dim), _take_into(rows, dev_pos)),
-            ])
-            self.device.index_copy_(0, index, values)
-            self.uploader.release(slot)
+        dev_slots = slots[on_device]
+        self.shadow[dev_slots] = rows[on_device]
         self.ram[slots[~on_device] - self.device_rows] = rows[~on_device]
+        if not len(dev_slots):
+            return
+        if self._batch is not None:
+            self._batch[1].append(dev_slots)
+        else:
+            self._send_rows(np.unique(dev_slots))
+
+    def _send_rows(self, dev_slots: np.ndarray):
+        """Copy the shadow's rows of ``dev_slots`` (unique) to the device slab."""
+        torch = self._torch
+        with torch.cuda.stream(self.stream):
+            slot, (index, values) = self.uploader.send([
+                (np.int64, (len(dev_slots),), _copy_into(dev_slots)),
+                (self.dtype, (len(dev_slots), self.dim), _take_into(self.shadow, dev_slots)),
+            ])
+            self.slab.index_copy_(0, index, values)
+            self.uploader.release(slot)
 
     def nbytes(self) -> int:
-        return self.device.numel() * self.device.element_size() + self.ram.nbytes
+        return (self.slab.numel() * self.slab.element_size() + self.shadow.nbytes
+                + self.ram.nbytes)

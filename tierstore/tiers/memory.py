@@ -57,5 +57,12 @@ class HostMemory:
 
         return torch_module().from_numpy(out)
 
+    def abort_lookup(self):
+        """A lookup failed after :meth:`gather`: nothing is held back on the host tiers."""
+
+    def deliver(self, out):
+        """The output of :meth:`finish_lookup`, ready for the caller."""
+        return out
+
     def nbytes(self) -> int:
         return self.device.nbytes + self.ram.nbytes

@@ -1,0 +1,75 @@
+"""``Store.lookup_async``: a lookup run ahead on the worker, ordered as if called at once."""
+import numpy as np
+import pytest
+
+import tierstore as ts
+from tierstore.errors import ClosedStoreError, IdOutOfRangeError
+from tierstore.workloads import zipf_ids
+
+N, D = 500, 6
+
+
+@pytest.fixture
+def store(tmp_path):
+    table = np.random.default_rng(0).normal(size=(N, D)).astype(np.float32)
+    config = ts.StoreConfig(device_rows=8, ram_rows=24)
+    with ts.create(tmp_path / "s", N, D, "float32", init=table, config=config) as s:
+        yield s, table
+
+
+def test_results_equal_lookup_in_order_and_shape(store):
+    s, table = store
+    batches = [zipf_ids(N, 1.0, 120, seed=k).reshape(4, 30) for k in range(8)]
+    handles = [s.lookup_async(b) for b in batches]
+    for b, h in zip(batches, handles):
+        np.testing.assert_array_equal(h.result(timeout=10), table[b])
+    assert s.stats()["lookups"] == 8 * 120
+    assert s.check().ok
+
+
+def test_wait_counts_disk_reads(store):
+    s, _ = store
+    assert s.lookup_async(np.array([1, 2, 3, 2])).wait(timeout=10) == 3
+    assert s.lookup_async(np.array([1, 2, 3])).wait(timeout=10) == 0      # now in memory
+
+
+def test_an_update_waits_and_marks_what_it_overwrites(store):
+    s, table = store
+    ids = np.arange(40)
+    handles = [s.lookup_async(ids[k::4]) for k in range(4)]
+    s.update([5, 6], np.ones((2, D), dtype=np.float32))   # 5 is in handle 1, 6 in handle 2
+    assert [h.stale for h in handles] == [False, True, True, False]
+    for k, h in enumerate(handles):                        # each read the rows before the update
+        np.testing.assert_array_equal(h.result(), table[ids[k::4]])
+    np.testing.assert_array_equal(s.lookup([5, 6]), np.ones((2, D), dtype=np.float32))
+
+
+def test_bad_ids_raise_at_the_call_and_change_nothing(store):
+    s, _ = store
+    before = s.stats()
+    with pytest.raises(IdOutOfRangeError):
+        s.lookup_async(np.array([1, N]))
+    with pytest.raises(TypeError):
+        s.lookup_async(np.array([1.5]))
+    assert s.stats() == before
+
+
+def test_closed_store(store):
+    s, table = store
+    h = s.lookup_async([1, 2])
+    s.close()
+    np.testing.assert_array_equal(h.result(), table[[1, 2]])   # close waited for it
+    with pytest.raises(ClosedStoreError):
+        s.lookup_async([1])
+
+
+def test_flush_and_refresh_wait_for_lookups_ahead(store):
+    s, table = store
+    handles = [s.lookup_async(zipf_ids(N, 1.0, 200, seed=k)) for k in range(5)]
+    s.flush()
+    assert all(h.done() for h in handles)
+    handles = [s.lookup_async(zipf_ids(N, 1.0, 200, seed=k)) for k in range(5)]
+    s.refresh()
+    assert all(h.done() for h in handles)
+    for k, h in enumerate(handles):
+        np.testing.assert_array_equal(h.result(), table[zipf_ids(N, 1.0, 200, seed=k)])
