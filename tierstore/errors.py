@@ -66,3 +66,29 @@ class StoreLockedError(TierstoreError, BlockingIOError):
 
 class DiskFullError(TierstoreError, OSError):
     """The disk or the configured map ceiling left no room for a write."""
+
+
+class ShardOpenError(TierstoreError, RuntimeError):
+    """A rank could not open or create its shard of a sharded store; every rank raises it.
+
+    ``failures`` maps each failing rank to its reason.
+    """
+
+    def __init__(self, message: str, failures: dict | None = None):
+        self.failures = dict(failures or {})
+        super().__init__(message)
+
+
+class ShardMismatchError(ShardOpenError, ValueError):
+    """A shard belongs to another layout: world size, rank, sharding rule or table."""
+
+
+class ShardPeerError(TierstoreError, RuntimeError):
+    """Another rank failed its part of a collective call; this rank raises too, so none waits.
+
+    ``ranks`` lists the ranks that failed; each of them raised its own error.
+    """
+
+    def __init__(self, message: str, ranks=()):
+        self.ranks = [int(r) for r in ranks]
+        super().__init__(message)

@@ -13,6 +13,9 @@ FORMAT_NAME = "tierstore"
 FORMAT_VERSION = 1
 META_KEY = b"meta"
 DICT_KEY = b"zstd_dict"
+SHARD_KEY = b"shard"  # only in a shard of a sharded store (tierstore.distributed)
+SHARD_FORMAT = "tierstore.shard"
+SHARD_VERSION = 1
 ROWS_DB = b"rows"
 META_DB = b"meta"
 
@@ -77,3 +80,47 @@ class StoreMeta:
     @property
     def constant(self) -> float | None:
         return self.init["value"] if self.init.get("kind") == "constant" else None
+
+
+@dataclass(frozen=True)
+class ShardMeta:
+    """The shard record: which part of a sharded table this store holds.
+
+    A separate record beside the metadata (key ``shard`` in the ``meta`` table), so
+    a shard is also a plain store that ``tierstore.open`` reads as it is, and a
+    plain store has no such record. ``num_rows`` is the whole table's row count;
+    the store's own metadata holds the shard's.
+    """
+
+    rank: int
+    world_size: int
+    rule: str
+    num_rows: int
+    version: int = SHARD_VERSION
+
+    def to_bytes(self) -> bytes:
+        doc = {"format": SHARD_FORMAT, "version": self.version, "rank": self.rank,
+               "world_size": self.world_size, "rule": self.rule, "num_rows": self.num_rows}
+        return frame(SHARD_KEY, json.dumps(doc, sort_keys=True).encode())
+
+    @classmethod
+    def from_bytes(cls, value: bytes | None, path) -> ShardMeta | None:
+        """The record, or None when ``value`` is None (a plain store)."""
+        if value is None:
+            return None
+        try:
+            doc = json.loads(unframe_record(SHARD_KEY, value, "shard"))
+        except (CorruptStoreError, ValueError, UnicodeDecodeError) as exc:
+            raise CorruptStoreError(f"{path}: shard record is damaged ({exc})") from None
+        if not isinstance(doc, dict) or doc.get("format") != SHARD_FORMAT:
+            raise CorruptStoreError(f"{path}: shard record does not describe a shard")
+        version = doc.get("version")
+        if not isinstance(version, int) or version > SHARD_VERSION:
+            raise FormatVersionError(
+                f"{path}: shard record version {version!r} is newer than this tierstore "
+                f"(reads up to {SHARD_VERSION}); upgrade tierstore")
+        try:
+            return cls(int(doc["rank"]), int(doc["world_size"]), str(doc["rule"]),
+                       int(doc["num_rows"]), version)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStoreError(f"{path}: shard record lacks a field ({exc})") from None
