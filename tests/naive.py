@@ -29,6 +29,10 @@ def mix64(key: int, seed: int) -> int:
     return z ^ (z >> 31)
 
 
+def partition_of(ids, parts: int):
+    return np.array([mix64(int(i), 3) % parts for i in ids], dtype=np.int64)
+
+
 def table_size(n: int, load: float = 0.5, minimum: int = 8) -> int:
     size = minimum
     while size * load < n:

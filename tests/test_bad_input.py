@@ -528,6 +528,11 @@ BAD_CONFIG = [
     pytest.param({"max_map_size": 1 << 20}, "max_map_size must be", id="max_map_size-below-default"),
     pytest.param({"max_map_size": float(1 << 40)}, "max_map_size must be", id="max_map_size-float"),
     pytest.param({"sketch_width": 3}, "sketch_width must be", id="sketch_width"),
+    pytest.param({"partitions": 0}, "partitions must be an int from 1 to", id="partitions-0"),
+    pytest.param({"device_rows": 1, "ram_rows": 2, "partitions": 4},
+                 "partitions must be an int from 1 to device_rows + ram_rows (3), got 4", id="partitions-above-memory"),
+    pytest.param({"partitions": True}, "partitions must be", id="partitions-bool"),
+    pytest.param({"partitions": 2.0}, "partitions must be", id="partitions-float"),
     pytest.param({"codec": "int8", "allow_nonfinite": True}, "allow_nonfinite needs a lossless codec",
                  id="nonfinite-with-lossy-codec"),
 ]

@@ -18,6 +18,11 @@ def test_state_machine_on_cuda(policy, dtype):
                       dtype=dtype, settings=settings(max_examples=20))
 
 
+def test_state_machine_on_cuda_with_partitions():
+    run_store_machine(ts.StoreConfig(device_rows=3, ram_rows=3, device="cuda", partitions=2),
+                      settings=settings(max_examples=20))
+
+
 def test_lookup_returns_cuda_tensors(tmp_path):
     table = np.arange(400, dtype=np.float32).reshape(100, 4)
     config = ts.StoreConfig(device_rows=8, ram_rows=8, device="cuda")

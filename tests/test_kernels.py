@@ -299,6 +299,12 @@ def test_dedupe(ids):
 
 
 @jit_settings
+@given(ids=id_arrays, parts=st.integers(1, 17))
+def test_partition_of(ids, parts):
+    npt.assert_array_equal(batch.partition_of(ids, parts), naive.partition_of(ids, parts))
+
+
+@jit_settings
 @given(ids=id_arrays)
 def test_dedupe_last(ids):
     uniq, last = batch.dedupe_last(ids)

@@ -28,3 +28,11 @@ def test_codecs(codec, dtype):
 def test_array_init_adaptive():
     run_store_machine(ts.StoreConfig(device_rows=1, ram_rows=2), init_kind="array", dim=3,
                       settings=settings(max_examples=20))
+
+
+@pytest.mark.parametrize("parts, tiers", [(2, (1, 1)), (2, (2, 3)), (3, (0, 3)), (3, (4, 2))],
+                         ids=["p2-dev1-ram1", "p2-dev2-ram3", "p3-dev0-ram3", "p3-dev4-ram2"])
+@pytest.mark.parametrize("policy", ["adaptive", "lru"])
+def test_partitioned_memory(parts, tiers, policy):
+    run_store_machine(ts.StoreConfig(device_rows=tiers[0], ram_rows=tiers[1], policy=policy,
+                                     partitions=parts), settings=settings(max_examples=25))

@@ -110,3 +110,24 @@ def test_update_during_prefetch_never_leaves_a_stale_row(tmp_path):
             if step % 3 == 0:
                 handles[0].wait()
             np.testing.assert_array_equal(store.lookup(ids), model[ids])
+
+
+def test_partitions_keep_the_hit_ratio_and_the_rows(tmp_path):
+    """Hash partitions are caches of a quarter the size each: on a Zipf stream they hit
+    about as often as one cache of the whole size, and return the same rows."""
+    from tierstore.workloads import zipf_ids
+
+    table = np.random.default_rng(0).normal(size=(20_000, 4)).astype(np.float32)
+    ts.create(tmp_path / "s", 20_000, 4, "float32", init=table).close()
+    ratios = {}
+    for parts in (1, 4):
+        config = ts.StoreConfig(device_rows=500, ram_rows=1500, partitions=parts)
+        with ts.open(tmp_path / "s", config, readonly=True) as store:
+            for k in range(40):
+                ids = zipf_ids(20_000, 1.0, 4096, seed=k)
+                np.testing.assert_array_equal(store.lookup(ids), table[ids])
+            stats = store.stats()
+            assert stats["device"]["rows"] == 500 and stats["ram"]["rows"] == 1500
+            ratios[parts] = (stats["device"]["hit_ratio"], stats["hit_ratio"])
+            assert store.check().ok
+    assert abs(ratios[4][0] - ratios[1][0]) < 0.02 and abs(ratios[4][1] - ratios[1][1]) < 0.02, ratios

@@ -28,6 +28,10 @@ class StoreConfig:
     ``max_map_size`` (``None``: no ceiling but the disk). Dirty rows evicted from
     memory wait in a write-back buffer until ``writeback_rows`` of them go to disk
     in one transaction (``None``: ``max(4096, memory_rows // 8)``), or ``flush()``.
+    ``partitions`` splits the memory's bookkeeping into that many independent caches by a
+    hash of the row id, each over its share of both tiers, planned on as many threads at
+    once: for batches of tens of thousands of ids on a many-core host (a GPU's), at the cost
+    of each partition deciding alone. Each needs at least one memory row.
     """
 
     device_rows: int = 1 << 14
@@ -40,6 +44,7 @@ class StoreConfig:
     allow_nonfinite: bool = False
     sketch_width: int | None = None
     writeback_rows: int | None = None
+    partitions: int = 1
     codec_obj: Codec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -71,6 +76,10 @@ class StoreConfig:
             or self.writeback_rows < 1
         ):
             raise ConfigError(f"writeback_rows must be None or an int >= 1, got {self.writeback_rows!r}")
+        if (isinstance(self.partitions, bool) or not isinstance(self.partitions, int)
+                or not 1 <= self.partitions <= self.device_rows + self.ram_rows):
+            raise ConfigError(f"partitions must be an int from 1 to device_rows + ram_rows "
+                              f"({self.device_rows + self.ram_rows}), got {self.partitions!r}")
         object.__setattr__(self, "codec_obj", get_codec(self.codec))
         if self.allow_nonfinite and not self.codec_obj.lossless:
             raise ConfigError(f"codec {self.codec_obj.codec_id!r} cannot store NaN or Inf: "

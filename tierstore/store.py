@@ -12,10 +12,8 @@ import numpy as np
 from .config import StoreConfig
 from .errors import ClosedStoreError, CorruptRowError, ReadOnlyError
 from .kernels.batch import dedupe, dedupe_last
-from .policy import CacheState
 from .policy import state as S
-from .policy.planner import plan_batch, plan_outputs
-from .policy.queries import check_invariants, clear_dirty, dirty_rows, mark_dirty, probe, touch
+from .policy.partitions import PartitionedState
 from .prefetch import LookupHandle, PrefetchHandle, Staging
 from .tiers.disk import DiskTier
 from .tiers.memory import HostMemory
@@ -83,9 +81,8 @@ class Store:
         self.readonly = disk.readonly
         self._lock = threading.RLock()
         self._memory = _memory_for(config, self.dim, self.dtype)
-        self._state = CacheState.new(config.device_rows, config.ram_rows, config.policy,
-                                     config.sketch_width)
-        self._st = self._state.arrays()
+        self._state = PartitionedState(config.device_rows, config.ram_rows, config.policy,
+                                       config.partitions, config.sketch_width)
         # the write-back buffer: rows evicted dirty, newer than disk, written in batches and by flush
         self._pending_ids = np.empty(0, dtype=np.int64)
         self._pending_rows = np.empty((0, self.dim), dtype=self.dtype)
@@ -164,11 +161,8 @@ class Store:
 
     def _fetch(self, uniq, counts):
         """Rows of unique ids, from whichever tier holds them; then let the policy move rows."""
-        n = len(uniq)
-        entries = np.empty(n, dtype=np.int64)
-        start = np.empty(n, dtype=np.int64)
-        probe(self._st, uniq, entries, start)
-        rows = np.empty((n, self.dim), dtype=self.dtype)
+        entries, start = self._state.probe(uniq)
+        rows = np.empty((len(uniq), self.dim), dtype=self.dtype)
         self._memory.gather(start, rows)
         missing = np.flatnonzero(start < 0)
         if len(missing) and self._staging.rows:
@@ -195,11 +189,10 @@ class Store:
         rows[positions[hit]] = self._pending_rows[where[hit]]
 
     def _plan_and_move(self, uniq, counts, entries, start, rows):
-        aslot, fresh, ev_id, ev_slot, ev_dirty, sw_u, sw_from, sw_to, sw_has_y = \
-            plan_outputs(len(uniq))
-        n_ev, n_sw = plan_batch(self._st, uniq, counts, entries, start, aslot, fresh, ev_id, ev_slot,
-                                ev_dirty, sw_u, sw_from, sw_to, sw_has_y)
-        dirty = np.flatnonzero(ev_dirty[:n_ev])
+        aslot, fresh, (ev_id, ev_slot, ev_dirty), (sw_u, sw_from, sw_to, sw_has_y) = \
+            self._state.plan(uniq, counts, entries, start)
+        n_sw = len(sw_u)
+        dirty = np.flatnonzero(ev_dirty)
         if len(dirty):
             self._write_back(ev_id[dirty], self._memory.read(ev_slot[dirty]))
         admitted = np.flatnonzero(fresh)
@@ -268,9 +261,8 @@ class Store:
             with self._lock:
                 if self._closed:
                     return 0
-                slots = np.empty(len(uniq), dtype=np.int64)
-                probe(self._st, uniq, np.empty(len(uniq), dtype=np.int64), slots)
-                touch(self._st, uniq[slots >= 0])
+                _, slots = self._state.probe(uniq)
+                self._state.touch(uniq[slots >= 0])
                 wanted = uniq[slots < 0]
                 wanted = wanted[~self._staging.contains(wanted)]
                 gen = self._write_gen
@@ -315,15 +307,13 @@ class Store:
                                self.config.allow_nonfinite)
             uniq, last = dedupe_last(id_array.reshape(-1))
             values = new_rows.reshape(-1, self.dim)[last]
-            entries = np.empty(len(uniq), dtype=np.int64)
-            slots = np.empty(len(uniq), dtype=np.int64)
-            probe(self._st, uniq, entries, slots)
+            _, slots = self._state.probe(uniq)
             resident = slots >= 0
             self._disk.write_rows(uniq[~resident], values[~resident])
             self._note_write(uniq)
             self._drop_pending(uniq[~resident])
             self._memory.write(slots[resident], values[resident])
-            mark_dirty(self._st, uniq[resident])
+            self._state.mark_dirty(uniq[resident])
             for handle in list(self._ahead):
                 handle.note_update(uniq)
 
@@ -336,13 +326,13 @@ class Store:
 
     def _flush(self):
         if not self.readonly:
-            ids, slots = dirty_rows(self._st)
+            ids, slots = self._state.dirty_rows()
             records = self._disk.encode(self._pending_ids, self._pending_rows)
             records += self._disk.encode(ids, self._memory.read(slots))
             if records:
                 self._disk.write(lambda txn: self._disk.put_encoded(txn, records))
             self._disk.sync()
-            clear_dirty(self._st)
+            self._state.clear_dirty()
             self._note_write(self._pending_ids)
             self._pending_ids = self._pending_ids[:0]
             self._pending_rows = self._pending_rows[:0]
@@ -375,21 +365,13 @@ class Store:
                 barrier.result()
 
     def _forget_cached_rows(self):
-        old = self._state
-        config = self.config
-        self._state = CacheState.new(config.device_rows, config.ram_rows, config.policy,
-                                     config.sketch_width)
-        self._state.sketch, self._state.sketch_state = old.sketch, old.sketch_state
-        for counter in (S.DEVICE_HITS, S.RAM_HITS, S.MISSES, S.ADMISSIONS, S.EVICTIONS,
-                        S.PROMOTIONS, S.DEMOTIONS, S.WRITEBACKS):
-            self._state.meta[counter] = old.meta[counter]
-        self._st = self._state.arrays()
+        self._state = self._state.forgotten()
         self._staging.clear()
 
     # -- inspecting ------------------------------------------------------------------------
     def stats(self) -> dict:
         """Per-tier hits, promotions, evictions and bytes moved since the store was opened."""
-        m = self._state.meta
+        m = self._state.meta()
         lookups = int(m[S.DEVICE_HITS] + m[S.RAM_HITS] + m[S.MISSES])
         resident = int(m[S.USED])
         on_device = int(m[S.DEVICE_ROWS] - m[S.FREE_DEVICE])
@@ -431,7 +413,7 @@ class Store:
                 report.rows_checked += len(batch)
                 if len(ids):
                     self._verify_records(ids, values, scratch, report)
-            code = check_invariants(self._st)
+            code = self._state.check_invariants()
             if code:
                 report.problems.append(f"memory bookkeeping broken (rule {code})")
             return report
@@ -472,6 +454,7 @@ class Store:
                 self._flush()
             finally:
                 self._closed = True
+                self._state.close()
                 self._staging.clear()
                 self._disk.close()
 

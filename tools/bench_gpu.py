@@ -253,7 +253,7 @@ def engram_models(args, out):
               for i in range(n_batches)]
     hasher = StreamHasher(bank, rows)
     out(f"# table {rows} x {ROW_DIM} fp16 ({table.nbytes / 2**30:.2f} GiB), device tier {device_rows} "
-        f"rows, RAM tier {ram_rows} rows, Zipf {args.alpha}, {n_tok} tokens x {HEADS} rows a "
+        f"rows, RAM tier {ram_rows} rows, {args.partitions} partitions, Zipf {args.alpha}, {n_tok} tokens x {HEADS} rows a "
         f"batch; generated in {time.perf_counter() - t:.0f} s")
     results = []
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
@@ -261,7 +261,8 @@ def engram_models(args, out):
         ts.create(f"{tmp}/t", rows, ROW_DIM, "float16", init=table,
                   config=ts.StoreConfig(device_rows=1024, ram_rows=1024)).close()
         out(f"# LMDB store written in {time.perf_counter() - t:.0f} s")
-        config = ts.StoreConfig(device_rows=device_rows, ram_rows=ram_rows, device=str(DEV))
+        config = ts.StoreConfig(device_rows=device_rows, ram_rows=ram_rows, device=str(DEV),
+                                partitions=args.partitions)
         store = ts.open(f"{tmp}/t", config, readonly=True)
         hbm = nn.Embedding(rows, ROW_DIM, device=DEV, dtype=torch.float16)
         with torch.no_grad():
@@ -307,6 +308,7 @@ def main():
     p.add_argument("--rows", type=int, default=8_000_000, help="table rows")
     p.add_argument("--ratio", type=int, default=10, help="table rows / device-tier rows (>= 10)")
     p.add_argument("--ram-fraction", type=float, default=0.5, help="RAM-tier rows / table rows")
+    p.add_argument("--partitions", type=int, default=4, help="StoreConfig.partitions")
     p.add_argument("--alpha", type=float, default=1.05)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=1024)

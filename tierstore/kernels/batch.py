@@ -86,3 +86,12 @@ def gather_tiered(device, ram, device_rows, slots, out):
             out[k, :] = device[s, :]
         else:
             out[k, :] = ram[s - device_rows, :]
+
+
+@njit(nogil=True, cache=True)
+def partition_of(ids, parts):
+    """The cache partition of each id: a hash of the id, modulo ``parts``."""
+    out = np.empty(len(ids), dtype=np.int64)
+    for k in range(len(ids)):
+        out[k] = np.int64(mix64(ids[k], 3) % np.uint64(parts))
+    return out

@@ -27,7 +27,6 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, r
 from .. import api
 from ..config import StoreConfig
 from ..policy import state as S
-from ..policy.queries import check_invariants
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -139,13 +138,13 @@ class StoreMachine(RuleBasedStateMachine):
 
     def check_bookkeeping(self):
         state = self.store._state
-        assert check_invariants(state.arrays()) == 0
+        assert state.check_invariants() == 0
         resident = state.resident()
         assert len(resident) <= self.config.device_rows + self.config.ram_rows
         assert sum(1 for slot in resident.values() if slot < self.config.device_rows) \
             <= self.config.device_rows
         assert len(set(resident.values())) == len(resident)
-        assert int(state.meta[S.USED]) == len(resident)
+        assert int(state.meta()[S.USED]) == len(resident)
         shadow = getattr(self.store._memory, "shadow", None)
         if shadow is not None:
             np.testing.assert_array_equal(self.store._memory.device_snapshot(), shadow)
