@@ -60,17 +60,9 @@ class StoreMeta:
     def from_bytes(cls, value: bytes | None, path) -> "StoreMeta":
         if value is None:
             raise NotAStoreError(f"{path}: an LMDB database without tierstore metadata")
-        try:
-            doc = json.loads(unframe_record(META_KEY, value, "metadata"))
-        except (CorruptStoreError, ValueError, UnicodeDecodeError) as exc:
-            raise CorruptStoreError(f"{path}: metadata record is damaged ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-            raise NotAStoreError(f"{path}: metadata does not describe a tierstore")
-        version = doc.get("version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise FormatVersionError(
-                f"{path}: format version {version!r} is newer than this tierstore "
-                f"(reads up to {FORMAT_VERSION}); upgrade tierstore")
+        doc, version = _versioned_doc(
+            value, path, META_KEY, "metadata", FORMAT_NAME, FORMAT_VERSION, "format version",
+            NotAStoreError(f"{path}: metadata does not describe a tierstore"))
         try:
             return cls(int(doc["num_rows"]), int(doc["dim"]), str(doc["dtype"]),
                        dict(doc["codec"]), dict(doc["init"]), version)
@@ -108,19 +100,29 @@ class ShardMeta:
         """The record, or None when ``value`` is None (a plain store)."""
         if value is None:
             return None
-        try:
-            doc = json.loads(unframe_record(SHARD_KEY, value, "shard"))
-        except (CorruptStoreError, ValueError, UnicodeDecodeError) as exc:
-            raise CorruptStoreError(f"{path}: shard record is damaged ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("format") != SHARD_FORMAT:
-            raise CorruptStoreError(f"{path}: shard record does not describe a shard")
-        version = doc.get("version")
-        if not isinstance(version, int) or version > SHARD_VERSION:
-            raise FormatVersionError(
-                f"{path}: shard record version {version!r} is newer than this tierstore "
-                f"(reads up to {SHARD_VERSION}); upgrade tierstore")
+        doc, version = _versioned_doc(
+            value, path, SHARD_KEY, "shard", SHARD_FORMAT, SHARD_VERSION, "shard record version",
+            CorruptStoreError(f"{path}: shard record does not describe a shard"))
         try:
             return cls(int(doc["rank"]), int(doc["world_size"]), str(doc["rule"]),
                        int(doc["num_rows"]), version)
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptStoreError(f"{path}: shard record lacks a field ({exc})") from None
+
+
+def _versioned_doc(value: bytes, path, key: bytes, what: str, format_name: str, newest: int,
+                   version_label: str, foreign: Exception):
+    """The JSON document of a framed record and its version, checked: a damaged frame is
+    CorruptStoreError, another format raises ``foreign``, a newer version FormatVersionError."""
+    try:
+        doc = json.loads(unframe_record(key, value, what))
+    except (CorruptStoreError, ValueError, UnicodeDecodeError) as exc:
+        raise CorruptStoreError(f"{path}: {what} record is damaged ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != format_name:
+        raise foreign
+    version = doc.get("version")
+    if not isinstance(version, int) or version > newest:
+        raise FormatVersionError(
+            f"{path}: {version_label} {version!r} is newer than this tierstore "
+            f"(reads up to {newest}); upgrade tierstore")
+    return doc, version
