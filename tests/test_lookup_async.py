@@ -73,3 +73,41 @@ def test_flush_and_refresh_wait_for_lookups_ahead(store):
     assert all(h.done() for h in handles)
     for k, h in enumerate(handles):
         np.testing.assert_array_equal(h.result(), table[zipf_ids(N, 1.0, 200, seed=k)])
+
+
+def test_rows_are_handed_over_before_the_planning_ends(store, monkeypatch):
+    import threading
+
+    s, table = store
+    planning, release = threading.Event(), threading.Event()
+    plan = type(s)._plan_and_move
+
+    def slow_plan(self, *args):
+        planning.set()
+        assert release.wait(10)
+        return plan(self, *args)
+
+    monkeypatch.setattr(type(s), "_plan_and_move", slow_plan)
+    ids = zipf_ids(N, 1.0, 300, seed=3)
+    handle = s.lookup_async(ids)
+    np.testing.assert_array_equal(handle.result(timeout=10), table[ids])   # while planning waits
+    assert planning.is_set() and not handle.future.done()
+    release.set()
+    handle.wait_quietly()
+    assert handle.future.done() and s.stats()["lookups"] == 300
+    np.testing.assert_array_equal(s.lookup(ids), table[ids])
+
+
+def test_a_failed_lookup_ahead_raises_from_result(store, monkeypatch):
+    s, _ = store
+
+    def broken(self, *args):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(type(s), "_read_disk", broken)
+    handle = s.lookup_async([1, 2, 3])
+    with pytest.raises(OSError, match="disk gone"):
+        handle.result(timeout=10)
+    with pytest.raises(OSError, match="disk gone"):
+        handle.wait(timeout=10)
+    assert handle.done()

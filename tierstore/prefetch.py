@@ -13,6 +13,7 @@ staged row is never older than the last write.
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 
 import numpy as np
@@ -38,28 +39,49 @@ class LookupHandle:
     """A lookup running ahead on the store's worker (:meth:`Store.lookup_async`).
 
     ``result()`` gives the rows (on a CUDA store, safe to use on the calling
-    stream); ``wait()`` blocks until they are ready and returns how many rows
+    stream) as soon as they are issued, while the worker may still be planning
+    the batch's moves; ``wait()`` blocks until then and returns how many rows
     the lookup read from disk. ``stale`` is true once an update wrote one of
     its rows after it ran.
     """
 
     def __init__(self, deliver):
         self._deliver = deliver
+        self._published = None                  # (rows not yet delivered, disk rows read)
+        self._ready = threading.Event()         # published, or the lookup ended without
         self.future: Future | None = None
         self.uniq: np.ndarray | None = None     # its unique ids, once it has run
+        self.disk_rows_before = 0
         self.stale = False
 
+    def attach(self, future: Future):
+        self.future = future
+        future.add_done_callback(lambda _: self._ready.set())
+
+    def publish(self, ready, disk_rows: int):
+        """Called by the lookup once its rows are issued."""
+        self._published = (ready, disk_rows)
+        self._ready.set()
+
+    def _outcome(self, timeout):
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the lookup has not finished")
+        if self._published is None:        # it failed (or the store closed) before its rows
+            self.future.result()
+            raise RuntimeError("the lookup ended without rows")
+        return self._published
+
     def done(self) -> bool:
-        return self.future.done()
+        return self._ready.is_set()
 
     def wait(self, timeout: float | None = None) -> int:
-        return self.future.result(timeout)[1]
+        return self._outcome(timeout)[1]
 
     def result(self, timeout: float | None = None):
-        return self._deliver(self.future.result(timeout)[0])
+        return self._deliver(self._outcome(timeout)[0])
 
     def wait_quietly(self):
-        """Block until it has run, whatever its outcome (its errors surface in ``result``)."""
+        """Block until the lookup and its planning are over, whatever the outcome."""
         self.future.exception()
 
     def note_update(self, ids: np.ndarray):

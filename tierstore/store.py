@@ -125,8 +125,8 @@ class Store:
             self._check_open()
             id_array = as_id_array(ids, self.num_rows)
             handle = LookupHandle(self._memory.deliver)
-            handle.future = self._worker().submit(self._lookup_ahead, handle, id_array,
-                                                  is_torch_tensor(ids))
+            handle.attach(self._worker().submit(self._lookup_ahead, handle, id_array,
+                                                is_torch_tensor(ids)))
             self._ahead.add(handle)
             self._prefetch_stats["lookups_ahead"] += 1
             return handle
@@ -134,20 +134,27 @@ class Store:
     def _lookup_ahead(self, handle, id_array, as_torch):
         with self._lock:
             self._check_open()
-            before = self._disk_rows_read
-            ready = self._lookup(id_array, as_torch, handle)
-            return ready, self._disk_rows_read - before
+            handle.disk_rows_before = self._disk_rows_read
+            self._lookup(id_array, as_torch, handle)
 
     def _lookup(self, id_array, as_torch, handle=None):
+        """The rows of ``id_array``, ready for ``memory.deliver``; then the policy moves rows.
+
+        The output depends only on where rows were when the batch began, so it is issued
+        before the planning: a lookup run ahead hands it to ``handle`` at once, and the
+        caller's model can use it while this thread goes on planning."""
         uniq, inverse, counts = dedupe(id_array.reshape(-1))
         if handle is not None:
             handle.uniq = uniq
         try:
-            rows = self._fetch(uniq, counts)
-            return self._memory.finish_lookup(rows, inverse, id_array.shape, as_torch)
-        except BaseException:
-            self._memory.abort_lookup()   # rows the plan moved reach their slots all the same
-            raise
+            entries, start, rows = self._fetch(uniq)
+            ready = self._memory.finish_lookup(rows, inverse, id_array.shape, as_torch)
+            if handle is not None:
+                handle.publish(ready, self._disk_rows_read - handle.disk_rows_before)
+            self._plan_and_move(uniq, counts, entries, start, rows)
+            return ready
+        finally:
+            self._memory.end_lookup()   # writes to device slots reach the device
 
     def _wait_ahead(self):
         """Let async lookups started before this call finish (they read the rows as they were)."""
@@ -159,8 +166,9 @@ class Store:
             self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="tierstore-prefetch")
         return self._prefetcher
 
-    def _fetch(self, uniq, counts):
-        """Rows of unique ids, from whichever tier holds them; then let the policy move rows."""
+    def _fetch(self, uniq):
+        """(entries, slots, rows) of unique ids: where each is, and its row (device rows are
+        left to the device tier's ``finish_lookup``)."""
         entries, start = self._state.probe(uniq)
         rows = np.empty((len(uniq), self.dim), dtype=self.dtype)
         self._memory.gather(start, rows)
@@ -171,8 +179,7 @@ class Store:
             missing = missing[~staged]
         if len(missing):
             self._read_disk(uniq[missing], rows, missing)
-        self._plan_and_move(uniq, counts, entries, start, rows)
-        return rows
+        return entries, start, rows
 
     def _read_disk(self, ids, rows, positions):
         self._disk.read_rows(ids, rows, positions)

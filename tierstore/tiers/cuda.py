@@ -2,21 +2,21 @@
 
 Same interface as :class:`~tierstore.tiers.memory.HostMemory`. The GPU is
 never read back: a host *shadow* of the device slab holds what every device
-slot holds, so demotions, write-backs and flushes read the shadow, and the
-only device-to-host traffic is none at all. One lookup costs the GPU one
-host-to-device copy and three kernels, all on the tier's own stream:
+slot holds, so demotions, write-backs and flushes read the shadow, and
+nothing is copied from the device to the host. One lookup costs the GPU two
+host-to-device copies and three kernels, all on the tier's own stream:
 
 * ``gather`` (the lookup's gather) copies the rows of RAM slots into the
   host batch and notes which of the batch's ids sit in device slots;
-* the store fills the misses (prefetch staging, disk) on the host and plans
-  the batch; writes to device slots update the shadow and are noted;
+* the store fills the misses (prefetch staging, disk) on the host;
 * ``finish_lookup`` packs, in one reusable pinned staging buffer, the
-  output's index (a device slot, or a row of the batch's host rows), the
-  host rows, and the device slots written with their new rows; one
-  non-blocking copy on a side stream carries it; on the tier's stream the
-  host rows go to a scratch tail of the slab, one ``F.embedding`` gathers
-  the output (device rows as they were when the batch began, since it runs
-  before the writes), then one ``index_copy_`` applies the writes.
+  output's index (a device slot, or a row of the batch's host rows) and the
+  host rows; one non-blocking copy on a side stream carries it; on the
+  tier's stream the host rows go to a scratch tail of the slab and one
+  ``F.embedding`` gathers the output: device rows as the batch found them;
+* the store plans the batch's moves; writes to device slots update the
+  shadow and are noted, and ``end_lookup`` sends them in one more copy and
+  one ``index_copy_``, after the gather on the same stream.
 
 The output is handed to the caller's stream through a CUDA event
 (:meth:`CudaMemory.deliver`), so a lookup may be computed on a worker thread
@@ -167,7 +167,7 @@ class CudaMemory:
             self.ram_tensor = torch.zeros((ram_rows, dim), dtype=self._tdtype, pin_memory=ram_rows > 0)
         self.ram = self.ram_tensor.numpy()
         self.uploader = Uploader(torch, self.device_name)
-        self._batch = None        # set by gather, consumed by finish_lookup: (slots, written)
+        self._batch = None        # (slots, device slots written) from gather to end_lookup
 
     @property
     def device(self):
@@ -199,38 +199,33 @@ class CudaMemory:
 
     def finish_lookup(self, rows: np.ndarray, inverse: np.ndarray, shape: tuple,
                       as_torch: bool = True) -> Ready:
-        """The output of ``lookup``, of shape ``shape + (dim,)``, computed on the tier's stream.
+        """The output of ``lookup``, of shape ``shape + (dim,)``, issued on the tier's stream.
         ``rows`` are the unique ids' rows as the store filled them on the host (misses and RAM
         hits); ``inverse`` maps each id to its unique row. Pass the result to :meth:`deliver`."""
         torch = self._torch
-        slots, written = self._batch
+        slots, _ = self._batch
         on_device = (slots >= 0) & (slots < self.device_rows)
         host_pos = np.flatnonzero(~on_device)
         self._reserve_scratch(len(host_pos))
         where = slots.astype(np.int32)       # unique row -> its row in the slab
         where[host_pos] = self.device_rows + np.arange(len(host_pos), dtype=np.int32)
         inverse = np.asarray(inverse, dtype=np.int64).reshape(-1)
-        wslots = np.unique(np.concatenate(written)) if written else np.empty(0, dtype=np.int64)
         with torch.cuda.stream(self.stream):
-            slot, (index, host_rows, dev_slots, dev_rows) = self.uploader.send([
+            slot, (index, host_rows) = self.uploader.send([
                 (np.int32, (len(inverse),), _take_into(where, inverse)),
                 (self.dtype, (len(host_pos), self.dim), _take_into(rows, host_pos)),
-                (np.int64, (len(wslots),), _copy_into(wslots)),
-                (self.dtype, (len(wslots), self.dim), _take_into(self.shadow, wslots)),
             ])
             if len(host_pos):
                 self.slab[self.device_rows:self.device_rows + len(host_pos)].copy_(host_rows)
             out = torch.nn.functional.embedding(index, self.slab)
-            if len(wslots):
-                self.slab.index_copy_(0, dev_slots, dev_rows)
             self.uploader.release(slot)
             event = torch.cuda.Event()
             event.record(self.stream)
-        self._batch = None
         return Ready(out.view(tuple(shape) + (self.dim,)), event)
 
-    def abort_lookup(self):
-        """A lookup failed after :meth:`gather`: send what it wrote to device slots anyway."""
+    def end_lookup(self):
+        """The lookup's moves are planned: send its writes to device slots (after its gather,
+        on the same stream) and close the batch."""
         if self._batch is not None:
             _, written = self._batch
             self._batch = None

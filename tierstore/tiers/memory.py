@@ -57,8 +57,8 @@ class HostMemory:
 
         return torch_module().from_numpy(out)
 
-    def abort_lookup(self):
-        """A lookup failed after :meth:`gather`: nothing is held back on the host tiers."""
+    def end_lookup(self):
+        """The lookup's moves are done: the host tiers hold nothing back."""
 
     def deliver(self, out):
         """The output of :meth:`finish_lookup`, ready for the caller."""
