@@ -124,7 +124,7 @@ def test_buffers_grown_under_inference_mode_serve_lookups_on_a_worker(tmp_path):
         for k in range(4, 8):                   # and are written outside it, on the worker
             ids = zipf_ids(5000, 0.9, 3000, seed=k)
             np.testing.assert_array_equal(store.lookup_async(ids).result().cpu().numpy(), table[ids])
-        with store._lock:           # the worker may still be planning the last batch's moves
+        with store._exclusive():    # the worker may still be planning the last batch's moves
             np.testing.assert_array_equal(store._memory.device_snapshot(), store._memory.shadow)
 
 

@@ -111,3 +111,28 @@ def test_a_failed_lookup_ahead_raises_from_result(store, monkeypatch):
     with pytest.raises(OSError, match="disk gone"):
         handle.wait(timeout=10)
     assert handle.done()
+
+
+def test_a_large_lookup_returns_before_its_planning(store, monkeypatch):
+    import threading
+
+    import tierstore.store
+
+    s, table = store
+    monkeypatch.setattr(tierstore.store, "DEFER_PLAN_MIN_IDS", 100)
+    planning, release = threading.Event(), threading.Event()
+    plan = type(s)._plan_and_move
+
+    def slow_plan(self, *args):
+        planning.set()
+        assert release.wait(10)
+        return plan(self, *args)
+
+    monkeypatch.setattr(type(s), "_plan_and_move", slow_plan)
+    ids = np.arange(N)                        # 500 unique ids: planned on the planner thread
+    np.testing.assert_array_equal(s.lookup(ids), table)
+    assert planning.wait(10) and not s._planning.done()
+    threading.Timer(0.2, release.set).start()
+    assert s.stats()["lookups"] == N          # waited for the planning
+    np.testing.assert_array_equal(s.lookup(ids[:50]), table[:50])   # small: planned at once
+    assert s._planning is None

@@ -36,3 +36,13 @@ def test_array_init_adaptive():
 def test_partitioned_memory(parts, tiers, policy):
     run_store_machine(ts.StoreConfig(device_rows=tiers[0], ram_rows=tiers[1], policy=policy,
                                      partitions=parts), settings=settings(max_examples=25))
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_deferred_planning(monkeypatch, parts):
+    """Every lookup's planning on the planner thread (large batches' way), racing the next call."""
+    import tierstore.store
+
+    monkeypatch.setattr(tierstore.store, "DEFER_PLAN_MIN_IDS", 1)
+    run_store_machine(ts.StoreConfig(device_rows=2, ram_rows=3, partitions=parts),
+                      settings=settings(max_examples=25))

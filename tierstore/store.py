@@ -5,6 +5,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,7 @@ from .tiers.memory import HostMemory
 from .validation import as_id_array, as_rows, is_torch_tensor
 
 CREATE_CHUNK = 1 << 16
+DEFER_PLAN_MIN_IDS = 8192    # smaller batches plan at once: a thread hand-off costs more
 PREFETCH_MIN_ROWS = 1 << 18
 WRITEBACK_MIN_ROWS = 1 << 12
 
@@ -91,6 +93,8 @@ class Store:
         self._closed = False
         self._staging = Staging(limit_rows=max(4 * config.memory_rows, PREFETCH_MIN_ROWS))
         self._prefetcher: ThreadPoolExecutor | None = None
+        self._planner: ThreadPoolExecutor | None = None      # plans large lookups' moves
+        self._planning = None                                # the future of that planning
         self._write_gen = 0          # bumped by every update
         self._recent_writes = []     # (gen, ids) of updates while prefetches are in flight
         self._inflight = 0
@@ -105,9 +109,10 @@ class Store:
         numpy ids give a numpy array; torch ids give a torch tensor (on the
         store's device when it is CUDA).
         """
-        with self._lock:
+        with self._exclusive():
             self._check_open()
-            ready = self._lookup(as_id_array(ids, self.num_rows), is_torch_tensor(ids))
+            ready = self._lookup(as_id_array(ids, self.num_rows), is_torch_tensor(ids),
+                                 defer_plan=True)
         return self._memory.deliver(ready)
 
     def lookup_async(self, ids) -> LookupHandle:
@@ -121,7 +126,7 @@ class Store:
         ``handle.stale`` turns true once an update writes one of its rows: the
         result then holds rows older than the store's.
         """
-        with self._lock:
+        with self._exclusive():
             self._check_open()
             id_array = as_id_array(ids, self.num_rows)
             handle = LookupHandle(self._memory.deliver)
@@ -132,29 +137,53 @@ class Store:
             return handle
 
     def _lookup_ahead(self, handle, id_array, as_torch):
-        with self._lock:
+        with self._exclusive():
             self._check_open()
             handle.disk_rows_before = self._disk_rows_read
             self._lookup(id_array, as_torch, handle)
 
-    def _lookup(self, id_array, as_torch, handle=None):
+    def _lookup(self, id_array, as_torch, handle=None, defer_plan=False):
         """The rows of ``id_array``, ready for ``memory.deliver``; then the policy moves rows.
 
         The output depends only on where rows were when the batch began, so it is issued
         before the planning: a lookup run ahead hands it to ``handle`` at once, and the
-        caller's model can use it while this thread goes on planning."""
+        caller's model can use it while this thread goes on planning. With ``defer_plan``,
+        a batch of at least ``DEFER_PLAN_MIN_IDS`` unique ids is planned on the planner
+        thread instead, while the caller goes on; the next call on the store waits for it."""
         uniq, inverse, counts = dedupe(id_array.reshape(-1))
         if handle is not None:
             handle.uniq = uniq
         try:
             entries, start, rows = self._fetch(uniq)
             ready = self._memory.finish_lookup(rows, inverse, id_array.shape, as_torch)
-            if handle is not None:
-                handle.publish(ready, self._disk_rows_read - handle.disk_rows_before)
+        except BaseException:
+            self._memory.end_lookup()
+            raise
+        if handle is not None:
+            handle.publish(ready, self._disk_rows_read - handle.disk_rows_before)
+        if defer_plan and len(uniq) >= DEFER_PLAN_MIN_IDS:
+            if self._planner is None:
+                self._planner = ThreadPoolExecutor(1, thread_name_prefix="tierstore-planner")
+            self._planning = self._planner.submit(self._plan_and_end, uniq, counts, entries,
+                                                  start, rows)
+        else:
+            self._plan_and_end(uniq, counts, entries, start, rows)
+        return ready
+
+    def _plan_and_end(self, uniq, counts, entries, start, rows):
+        try:
             self._plan_and_move(uniq, counts, entries, start, rows)
-            return ready
         finally:
             self._memory.end_lookup()   # writes to device slots reach the device
+
+    @contextmanager
+    def _exclusive(self):
+        """The store's lock, once the planning of an earlier lookup (if deferred) is done."""
+        with self._lock:
+            planning, self._planning = self._planning, None
+            if planning is not None:
+                planning.result()
+            yield
 
     def _wait_ahead(self):
         """Let async lookups started before this call finish (they read the rows as they were)."""
@@ -255,7 +284,7 @@ class Store:
         be queued (lookahead of several batches); rows in memory that they name are
         moved away from eviction. Returns a handle whose ``wait()`` blocks until done.
         """
-        with self._lock:
+        with self._exclusive():
             self._check_open()
             uniq = dedupe(as_id_array(ids, self.num_rows).reshape(-1))[0]
             future = self._worker().submit(self._prefetch_rows, uniq)
@@ -265,7 +294,7 @@ class Store:
 
     def _prefetch_rows(self, uniq):
         try:
-            with self._lock:
+            with self._exclusive():
                 if self._closed:
                     return 0
                 _, slots = self._state.probe(uniq)
@@ -275,7 +304,7 @@ class Store:
                 gen = self._write_gen
             rows = np.empty((len(wanted), self.dim), dtype=self.dtype)
             self._disk.read_rows(wanted, rows, np.arange(len(wanted)))
-            with self._lock:
+            with self._exclusive():
                 fresh = ~np.isin(wanted, self._written_since(gen))
                 wanted, rows = wanted[fresh], rows[fresh]
                 self._overlay_pending(wanted, rows)
@@ -283,7 +312,7 @@ class Store:
                 self._prefetch_stats["rows_read"] += len(wanted)
                 return len(wanted)
         finally:
-            with self._lock:
+            with self._exclusive():
                 self._inflight -= 1
                 if not self._inflight:
                     self._recent_writes = []
@@ -306,7 +335,7 @@ class Store:
         or flushed; rows only on disk are written at once.
         """
         self._wait_ahead()
-        with self._lock:
+        with self._exclusive():
             self._check_open()
             self._check_writable()
             id_array = as_id_array(ids, self.num_rows)
@@ -327,7 +356,7 @@ class Store:
     def flush(self):
         """Write every dirty row in one transaction; after it returns, a crash loses nothing."""
         self._wait_ahead()
-        with self._lock:
+        with self._exclusive():
             self._check_open()
             self._flush()
 
@@ -356,7 +385,7 @@ class Store:
         """
         self._wait_ahead()
         while True:
-            with self._lock:
+            with self._exclusive():
                 self._check_open()
                 if not self._inflight:
                     self._flush()
@@ -378,6 +407,10 @@ class Store:
     # -- inspecting ------------------------------------------------------------------------
     def stats(self) -> dict:
         """Per-tier hits, promotions, evictions and bytes moved since the store was opened."""
+        with self._exclusive():
+            return self._stats()
+
+    def _stats(self) -> dict:
         m = self._state.meta()
         lookups = int(m[S.DEVICE_HITS] + m[S.RAM_HITS] + m[S.MISSES])
         resident = int(m[S.USED])
@@ -411,7 +444,7 @@ class Store:
 
     def check(self) -> CheckReport:
         """Verify every stored record (checksum, decoding, key) and the memory bookkeeping."""
-        with self._lock:
+        with self._exclusive():
             self._check_open()
             report = CheckReport(rows_checked=0)
             scratch = np.empty((CREATE_CHUNK, self.dim), dtype=self.dtype)
@@ -454,13 +487,15 @@ class Store:
         """Flush (unless read-only) and release the files. Closing twice is harmless."""
         if self._prefetcher is not None:
             self._prefetcher.shutdown(wait=True)  # outside the lock: the worker needs it
-        with self._lock:
+        with self._exclusive():
             if self._closed:
                 return
             try:
                 self._flush()
             finally:
                 self._closed = True
+                if self._planner is not None:
+                    self._planner.shutdown()
                 self._state.close()
                 self._staging.clear()
                 self._disk.close()

@@ -133,7 +133,7 @@ class StoreMachine(RuleBasedStateMachine):
     def bookkeeping_holds(self):
         if self.store is None:
             return
-        with self.store._lock:       # a lookup started ahead may be running on the worker
+        with self.store._exclusive():   # a lookup ahead, or a deferred planning, may be running
             self.check_bookkeeping()
 
     def check_bookkeeping(self):
