@@ -15,34 +15,19 @@ import textwrap
 import threading
 from pathlib import Path
 
+import crash_tool
 import numpy as np
 import pytest
 
 import tierstore as ts
 
 REPO = Path(__file__).resolve().parents[1]
-DIM = 8
-
-def pattern(ids, versions, dim=8):
-    """Row ``id`` at ``version``: [version, id, then values derived from both] (exact in float64)."""
-    ids = np.asarray(ids, dtype=np.int64)
-    v = np.broadcast_to(np.asarray(versions, dtype=np.float64), ids.shape)
-    rows = np.empty((len(ids), dim), dtype=np.float64)
-    rows[:, 0] = v
-    rows[:, 1] = ids
-    rows[:, 2:] = v[:, None] * 1009.0 + ids[:, None] * 7.0 + np.arange(2, dim) * 0.5
-    return rows
-
-
-def read_versions(ids, rows):
-    """(versions, torn mask): a row is torn when it is not exactly ``pattern(id, its version)``."""
-    rows = np.asarray(rows, dtype=np.float64).reshape(len(ids), -1)
-    versions = rows[:, 0].copy()
-    return versions, ~np.all(rows == pattern(ids, versions, rows.shape[1]), axis=1)
+_tool = crash_tool.load()
+pattern, read_versions, DIM = _tool.pattern, _tool.read_versions, _tool.DIM
 
 
 # the same two functions for the child processes
-PATTERN_SRC = "import numpy as np\n\n" + inspect.getsource(pattern) + "\n" + inspect.getsource(read_versions)
+PATTERN_SRC = f"import numpy as np\n\nDIM = {DIM}\n\n" + inspect.getsource(pattern) + "\n" + inspect.getsource(read_versions)
 
 
 def child_env():

@@ -5,13 +5,12 @@ The harness is tools/crash_test.py (see its docstring); CI runs 24 kills, the
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import sys
 import time
-from pathlib import Path
 
+import crash_tool
 import numpy as np
 import pytest
 
@@ -19,18 +18,7 @@ import tierstore as ts
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs fork and SIGKILL")
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "crash_test.py"
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("tierstore_crash_test", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-ct = load_tool()
+ct = crash_tool.load()
 
 
 def assert_crash_run(result, kills):

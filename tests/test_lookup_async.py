@@ -1,4 +1,6 @@
 """``Store.lookup_async``: a lookup run ahead on the worker, ordered as if called at once."""
+import threading
+
 import numpy as np
 import pytest
 
@@ -75,19 +77,24 @@ def test_flush_and_refresh_wait_for_lookups_ahead(store):
         np.testing.assert_array_equal(h.result(), table[zipf_ids(N, 1.0, 200, seed=k)])
 
 
-def test_rows_are_handed_over_before_the_planning_ends(store, monkeypatch):
-    import threading
-
-    s, table = store
+@pytest.fixture
+def held_planning(monkeypatch):
+    """(planning, release): a lookup's planning sets ``planning``, then waits for ``release``."""
     planning, release = threading.Event(), threading.Event()
-    plan = type(s)._plan_and_move
+    plan = ts.Store._plan_and_move
 
-    def slow_plan(self, *args):
+    def held_plan(self, *args):
         planning.set()
         assert release.wait(10)
         return plan(self, *args)
 
-    monkeypatch.setattr(type(s), "_plan_and_move", slow_plan)
+    monkeypatch.setattr(ts.Store, "_plan_and_move", held_plan)
+    return planning, release
+
+
+def test_rows_are_handed_over_before_the_planning_ends(store, held_planning):
+    s, table = store
+    planning, release = held_planning
     ids = zipf_ids(N, 1.0, 300, seed=3)
     handle = s.lookup_async(ids)
     np.testing.assert_array_equal(handle.result(timeout=10), table[ids])   # while planning waits
@@ -113,22 +120,12 @@ def test_a_failed_lookup_ahead_raises_from_result(store, monkeypatch):
     assert handle.done()
 
 
-def test_a_large_lookup_returns_before_its_planning(store, monkeypatch):
-    import threading
-
+def test_a_large_lookup_returns_before_its_planning(store, held_planning, monkeypatch):
     import tierstore.store
 
     s, table = store
     monkeypatch.setattr(tierstore.store, "DEFER_PLAN_MIN_IDS", 100)
-    planning, release = threading.Event(), threading.Event()
-    plan = type(s)._plan_and_move
-
-    def slow_plan(self, *args):
-        planning.set()
-        assert release.wait(10)
-        return plan(self, *args)
-
-    monkeypatch.setattr(type(s), "_plan_and_move", slow_plan)
+    planning, release = held_planning
     ids = np.arange(N)                        # 500 unique ids: planned on the planner thread
     np.testing.assert_array_equal(s.lookup(ids), table)
     assert planning.wait(10) and not s._planning.done()
