@@ -87,7 +87,7 @@ def _stat(args):
 
 def _check(args):
     with api.open(args.path, readonly=True) as store:
-        report = store.check()
+        report = store.check(progress=not args.quiet)
     print(report)
     return 0 if report.ok else 1
 
@@ -351,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="verify every stored row; exit 1 on damage")
     check.add_argument("path")
+    check.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     check.set_defaults(run=_check)
 
     salv = sub.add_parser("salvage", help="copy every readable row of a damaged store into a new "

@@ -16,6 +16,7 @@ from .kernels.batch import dedupe, dedupe_last
 from .policy import state as S
 from .policy.partitions import PartitionedState
 from .prefetch import LookupHandle, PrefetchHandle, Staging
+from .progress import progress as progress_bar
 from .tiers.disk import DiskTier
 from .tiers.memory import HostMemory
 from .validation import as_id_array, as_rows, is_torch_tensor
@@ -442,17 +443,21 @@ class Store:
             "bookkeeping_bytes": self._state.nbytes(),
         }
 
-    def check(self) -> CheckReport:
-        """Verify every stored record (checksum, decoding, key) and the memory bookkeeping."""
+    def check(self, progress: bool = False) -> CheckReport:
+        """Verify every stored record (checksum, decoding, key) and the memory bookkeeping.
+        ``progress``: a bar on stderr (when it is a terminal)."""
         with self._exclusive():
             self._check_open()
             report = CheckReport(rows_checked=0)
             scratch = np.empty((CREATE_CHUNK, self.dim), dtype=self.dtype)
-            for batch in self._disk.scan(CREATE_CHUNK):
-                ids, values = self._parse_keys(batch, report)
-                report.rows_checked += len(batch)
-                if len(ids):
-                    self._verify_records(ids, values, scratch, report)
+            with progress_bar(self._disk.stored_rows(), f"check {self.path.name}",
+                              enabled=progress) as bar:
+                for batch in self._disk.scan(CREATE_CHUNK):
+                    ids, values = self._parse_keys(batch, report)
+                    report.rows_checked += len(batch)
+                    if len(ids):
+                        self._verify_records(ids, values, scratch, report)
+                    bar.update(len(batch))
             code = self._state.check_invariants()
             if code:
                 report.problems.append(f"memory bookkeeping broken (rule {code})")

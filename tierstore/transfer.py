@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 
 from .config import DTYPES, StoreConfig
 from .errors import ConfigError, NonFiniteRowError, RowShapeError, TierstoreError
+from .progress import progress as progress_bar
 
 CHUNK_ROWS = 1 << 16
 TRAIN_SAMPLE_ROWS = 4096
@@ -176,58 +176,6 @@ def _safetensors_source(p: Path, tensor: str | None) -> ArraySource:
                        row_dtype, read)
 
 
-# =========================================================================== progress
-
-
-class Progress:
-    """A progress bar on stderr: redrawn in place on a terminal, a line per 10% elsewhere."""
-
-    def __init__(self, total: int, label: str, stream=None, enabled: bool = True):
-        self.total = max(1, int(total))
-        self.label = label
-        self.stream = sys.stderr if stream is None else stream
-        self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.t0 = time.perf_counter()
-        self.last_draw = 0.0
-        self.last_tenth = -1
-        self.done = 0
-
-    def update(self, done: int):
-        self.done = done
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self.tty:
-            if now - self.last_draw >= 0.1 or done >= self.total:
-                self.last_draw = now
-                self.stream.write("\r" + self._line(now))
-                self.stream.flush()
-        else:
-            tenth = done * 10 // self.total
-            if tenth > self.last_tenth:
-                self.last_tenth = tenth
-                self.stream.write(self._line(now) + "\n")
-                self.stream.flush()
-
-    def _line(self, now: float) -> str:
-        frac = min(1.0, self.done / self.total)
-        width = 30
-        filled = int(frac * width)
-        elapsed = max(now - self.t0, 1e-9)
-        rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        tail = f"{elapsed:.1f} s" if self.done >= self.total else (
-            f"ETA {eta:.0f} s" if math.isfinite(eta) else "ETA ?")
-        return (f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {frac:6.1%} "
-                f"{self.done:,}/{self.total:,} rows, {rate:,.0f} rows/s, {tail}")
-
-    def close(self):
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 # =========================================================================== import / export
 
 
@@ -262,22 +210,20 @@ def import_table(src: ArraySource, path, *, dtype=None, codec="raw", overwrite: 
         codec_obj = codec_obj.trained(chunk(0, min(src.num_rows, TRAIN_SAMPLE_ROWS)))
     meta = StoreMeta(num_rows=src.num_rows, dim=src.dim, dtype=dt.name,
                      codec=codec_obj.get_config(), init={"kind": "stored"})
-    bar = Progress(src.num_rows, f"import {src.path.name}", enabled=progress)
     t0 = time.perf_counter()
     disk = DiskTier.create(path, meta, getattr(codec_obj, "dictionary", None),
                            map_size=config.map_size, max_map_size=config.max_map_size,
                            overwrite=overwrite)
     try:
-        for a in range(0, src.num_rows, chunk_rows):
-            b = min(a + chunk_rows, src.num_rows)
-            disk.write_rows(np.arange(a, b, dtype=np.int64), chunk(a, b))
-            bar.update(b)
+        with progress_bar(src.num_rows, f"import {src.path.name}", enabled=progress) as bar:
+            for a in range(0, src.num_rows, chunk_rows):
+                b = min(a + chunk_rows, src.num_rows)
+                disk.write_rows(np.arange(a, b, dtype=np.int64), chunk(a, b))
+                bar.update(b - a)
         disk.commit_meta()
     except BaseException:
-        bar.close()
         disk.destroy()
         raise
-    bar.close()
     disk.close()
     return {"path": str(path), "source": what, "rows": src.num_rows, "dim": src.dim,
             "dtype": dt.name, "codec": codec_obj.get_config(),
@@ -295,16 +241,13 @@ def _import_into(src: ArraySource, path, start: int, chunk_rows: int, progress: 
         if start < 0 or start + src.num_rows > store.num_rows:
             raise ConfigError(f"rows {start}..{start + src.num_rows} do not fit in the store's "
                               f"{store.num_rows} rows")
-        bar = Progress(src.num_rows, f"import {src.path.name}", enabled=progress)
-        try:
+        with progress_bar(src.num_rows, f"import {src.path.name}", enabled=progress) as bar:
             for a in range(0, src.num_rows, chunk_rows):
                 b = min(a + chunk_rows, src.num_rows)
                 with np.errstate(over="ignore"):
                     rows = np.asarray(src.rows(a, b)).astype(store.dtype)
                 store.update(np.arange(start + a, start + b, dtype=np.int64), rows)
-                bar.update(b)
-        finally:
-            bar.close()
+                bar.update(b - a)
         dtype = store.dtype.name
     return {"path": str(path), "source": src.description, "rows": src.num_rows, "dim": src.dim,
             "dtype": dtype, "start": start, "seconds": time.perf_counter() - t0}
@@ -325,19 +268,18 @@ def export_npy(path, out, *, chunk_rows: int = CHUNK_ROWS, progress: bool = True
         disk = store._disk
         n, dim, dtype = store.num_rows, store.dim, store.dtype
         tmp = out.with_name(f".{out.name}.partial{os.getpid()}")
-        bar = Progress(n, f"export {Path(path).name}", enabled=progress)
         try:
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, dim))
             positions = np.arange(min(chunk_rows, n), dtype=np.int64)
-            for a in range(0, n, chunk_rows):
-                b = min(a + chunk_rows, n)
-                disk.read_rows(np.arange(a, b, dtype=np.int64), arr[a:b], positions[:b - a])
-                bar.update(b)
+            with progress_bar(n, f"export {Path(path).name}", enabled=progress) as bar:
+                for a in range(0, n, chunk_rows):
+                    b = min(a + chunk_rows, n)
+                    disk.read_rows(np.arange(a, b, dtype=np.int64), arr[a:b], positions[:b - a])
+                    bar.update(b - a)
             arr.flush()
             del arr
             os.replace(tmp, out)
         finally:
-            bar.close()
             if tmp.exists():
                 tmp.unlink()
     return {"path": str(path), "out": str(out), "rows": n, "dim": dim, "dtype": dtype.name,
