@@ -30,6 +30,9 @@ try:
 except ImportError:                       # torch is optional: its tests skip
     torch = None
 needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+# the torch path runs on every device here: CPU always (CI), CUDA where there is one (the H200)
+TORCH_DEVICES = ([] if torch is None else
+                 ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 
 with open(naive.GOLDEN_PATH, encoding="utf-8") as _f:
     GOLDEN = json.load(_f)
@@ -102,6 +105,24 @@ def test_golden_hash(case_index, layer):
     assert naive_ids(cfg, tokens) == {k: want[k] for k in naive_ids(cfg, tokens)}
 
 
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+@pytest.mark.parametrize("case_index,layer", GOLDEN_LAYERS)
+def test_golden_hash_torch(case_index, layer, device):
+    # the torch path (tensors hashed on their own device) gives the golden ids bit for bit
+    case = GOLDEN["hash"][case_index]
+    want = case["layers"][layer]
+    h = NgramHasher(case["vocab_size"], case["max_ngram"], case["heads"], case["table_size"],
+                    layer_id=int(layer), seed=case["seed"], pad_id=case["pad_id"],
+                    layer_ids=case["layer_ids"])
+    tokens = torch.tensor(case["tokens"], dtype=torch.int64, device=device)
+    ids = h(tokens)
+    assert ids.device == tokens.device and ids.dtype == torch.int64
+    assert ids.cpu().tolist() == want["ids"]
+    window = tokens[:, -case["max_ngram"]:]
+    if window.shape[1] == case["max_ngram"]:
+        assert h.step(window).cpu().tolist() == [row[-1] for row in want["ids"]]
+
+
 def test_golden_demo_default_layout():
     # the demo's EngramConfig: [129280*5]*2, 8 heads, layers [1, 15]: 32 distinct primes,
     # the first the smallest prime >= 646400
@@ -141,6 +162,26 @@ def test_matches_naive(ct):
     assert h.offsets.reshape(-1).tolist() == want["offsets"]
     assert h.num_rows == want["num_rows"]
     assert h(tokens).tolist() == want["ids"]
+
+
+@needs_torch
+@jit_settings
+@given(config_and_tokens(), st.sampled_from(TORCH_DEVICES or ["cpu"]), st.booleans())
+def test_torch_matches_kernel(ct, device, int32):
+    # tokens drawn over the whole range (vocabularies up to 2**62, pad ids as large): the torch
+    # ops equal the numba kernel and the naive reference, position by position
+    cfg, tokens = ct
+    h = NgramHasher(**cfg)
+    want = h(tokens)
+    t = torch.from_numpy(tokens).to(device)
+    if int32 and cfg["vocab_size"] <= 1 << 31:
+        t = t.to(torch.int32)
+    got = h(t)
+    assert got.device == t.device and got.dtype == torch.int64 and got.shape == want.shape
+    assert np.array_equal(got.cpu().numpy(), want)
+    assert got.cpu().tolist() == naive_ids(cfg, tokens)["ids"]
+    if tokens.shape[1]:
+        assert np.array_equal(h(t[0]).cpu().numpy(), want[0])            # [seq] form
 
 
 @jit_settings
@@ -341,6 +382,39 @@ def test_bad_tokens():
         h.step([[0, 0, 100]])
 
 
+
+@needs_torch
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+def test_bad_tokens_torch(device):
+    # a tensor is checked on its device with the same named errors as an array
+    h = NgramHasher(100, 3, 2, 30)
+
+    def t(values, dtype=torch.int64):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    with pytest.raises(IdOutOfRangeError, match="token id 100 at position 1"):
+        h(t([[1, 100]]))
+    with pytest.raises(IdOutOfRangeError, match="token id -1 at position 0"):
+        h(t([[-1, 2]]))
+    with pytest.raises(IdOutOfRangeError, match="position 2"):
+        h(t([3, 4, 2**40], torch.int64))
+    with pytest.raises(IdTypeError):
+        h(t([1.0, 2.0], torch.float32))
+    with pytest.raises(IdTypeError):
+        h(t([True, False], torch.bool))
+    with pytest.raises(RowShapeError):
+        h(torch.zeros((2, 2, 2), dtype=torch.int64, device=device))
+    with pytest.raises(RowShapeError):
+        h.step(torch.zeros((2, 2), dtype=torch.int64, device=device))
+    with pytest.raises(IdOutOfRangeError):
+        h.step(t([[0, 0, 100]]))
+    assert h(torch.zeros((3, 0), dtype=torch.int64, device=device)).shape == (3, 0, 4)
+    assert h(t([7, 8, 9], torch.uint8)).cpu().tolist() == h(np.array([7, 8, 9])).tolist()
+    assert h(t([7, 8, 9], torch.uint64)).cpu().tolist() == h(np.array([7, 8, 9])).tolist()
+    with pytest.raises(IdOutOfRangeError, match=f"token id {2**64 - 1} at position 1"):
+        h(t([7, 2**64 - 1], torch.uint64))                  # not wrapped to -1
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(vocab_size=0),
     dict(vocab_size=10, pad_id=10),
@@ -471,8 +545,17 @@ def test_compressor_call_kinds_and_errors():
     assert comp.map.dtype == np.int64 and comp.map.tolist() == [0, 0, 1, 1]
     assert comp(3) == 1 and isinstance(comp(np.int64(3)), int)
     assert comp(np.array([[0, 1], [2, 3]])).tolist() == [[0, 0], [1, 1]]
-    t = comp(torch.tensor([3, 2, 1]))
-    assert isinstance(t, torch.Tensor) and t.tolist() == [1, 1, 0] and t.dtype == torch.int64
+    for device in TORCH_DEVICES:
+        # mapped on the tensor's device through a copy of the map kept there
+        t = comp(torch.tensor([[3, 2, 1]], dtype=torch.int32, device=device))
+        assert isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.device.type == device
+        assert t.cpu().tolist() == [[1, 1, 0]]
+        assert comp.map_on(device) is comp.map_on(device)
+        for bad in ([0, 4], [-1]):
+            with pytest.raises(IdOutOfRangeError, match=f"token id {bad[-1]}"):
+                comp(torch.tensor(bad, device=device))
+        with pytest.raises(IdTypeError):
+            comp(torch.tensor([0.5], device=device))
     for bad in (4, -1, [0, 4], np.array([-1])):
         with pytest.raises(IdOutOfRangeError):
             comp(bad)

@@ -33,6 +33,11 @@ one after another (order-major, then head) in one store; ``offsets`` turn local 
 Tokens given to ``NgramHasher`` are canonical ids (the output of ``TokenCompressor``), and
 ``vocab_size`` is ``comp.num_canonical``: the demo sizes the multipliers by the compressed
 vocabulary, and maps its pad id through the compressor as well (``pad_id=comp(raw_pad_id)``).
+
+Both take numpy arrays (hashed by the numba kernels) or torch tensors: a tensor is mapped and
+hashed with torch ops on its own device, CUDA included, so token ids on the GPU never pass
+through the host (only the range check's minimum and maximum do). Both paths give the same ids,
+bit for bit.
 """
 from __future__ import annotations
 
@@ -130,6 +135,7 @@ class TokenCompressor:
         self.num_canonical = int(arr.max()) + 1
         self.vocab_size = int(arr.size)
         self.keys = keys
+        self._device_maps = {}     # torch device -> the map there
 
     # ------------------------------------------------------------------ building
 
@@ -217,8 +223,19 @@ class TokenCompressor:
                 raise IdOutOfRangeError(
                     f"token id {raw_ids} is outside the vocabulary [0, {self.vocab_size})")
             return int(self.map[raw_ids])
-        arr, like = _as_index_array(raw_ids, self.vocab_size, "token id", "the vocabulary")
-        return _like(self.map[arr], like)
+        if _is_torch(raw_ids):
+            raw = _checked_tensor(raw_ids, self.vocab_size, "token id", "the vocabulary")
+            return self.map_on(raw.device)[raw]
+        return self.map[_as_index_array(raw_ids, self.vocab_size, "token id", "the vocabulary")]
+
+    def map_on(self, device):
+        """The map as an int64 torch tensor on ``device`` (copied there once, then kept)."""
+        device = _torch().device(device)
+        cached = self._device_maps.get(device)
+        if cached is None:
+            cached = _torch().from_numpy(self.map.copy()).to(device)
+            self._device_maps[device] = cached
+        return cached
 
     def __eq__(self, other) -> bool:
         return isinstance(other, TokenCompressor) and np.array_equal(self.map, other.map)
@@ -418,28 +435,46 @@ class NgramHasher:
         self.ids_per_token = self.orders * self.heads
         for a in (self.multipliers, self.primes, self.offsets):
             a.setflags(write=False)
+        self._device_constants = {}    # torch device -> (multipliers, primes, offsets) there
 
     # ------------------------------------------------------------------ hashing
 
     def __call__(self, tokens):
         """``[batch, seq]`` (or ``[seq]``) canonical ids -> ``[batch, seq, ids_per_token]``
-        int64 global row ids in ``[0, num_rows)``; numpy or torch, the same kind back."""
-        arr, like = _as_index_array(tokens, self.vocab_size, "token id",
-                                    "the canonical vocabulary")
+        int64 global row ids in ``[0, num_rows)``; numpy or torch, the same kind back (a tensor
+        is hashed on its own device)."""
+        if _is_torch(tokens):
+            x = _checked_tensor(tokens, self.vocab_size, "token id", "the canonical vocabulary")
+            if x.dim() not in (1, 2):
+                raise RowShapeError(f"tokens must be [batch, seq] or [seq], got shape "
+                                    f"{tuple(x.shape)}")
+            out = self._torch_ids(x.reshape(1, -1) if x.dim() == 1 else x)
+            return out[0] if x.dim() == 1 else out
+        arr = _as_index_array(tokens, self.vocab_size, "token id", "the canonical vocabulary")
         if arr.ndim not in (1, 2):
             raise RowShapeError(f"tokens must be [batch, seq] or [seq], got shape {arr.shape}")
         flat = arr.ndim == 1
         x = np.ascontiguousarray(arr.reshape(1, -1) if flat else arr)
         out = np.empty(x.shape + (self.ids_per_token,), dtype=np.int64)
         ngram_ids(x, self.multipliers, self.primes, self.offsets, self.pad_id, out)
-        return _like(out[0] if flat else out, like)
+        return out[0] if flat else out
 
     def step(self, last_tokens):
         """Streaming decode: ``[batch, max_ngram]`` (or ``[max_ngram]``) most recent tokens,
         newest last, -> ``[batch, ids_per_token]``; equal to the last position of ``self`` over
         the whole sequence. Left-pad with ``pad_id`` while fewer than max_ngram tokens exist."""
-        arr, like = _as_index_array(last_tokens, self.vocab_size, "token id",
-                                    "the canonical vocabulary")
+        if _is_torch(last_tokens):
+            x = _checked_tensor(last_tokens, self.vocab_size, "token id",
+                                "the canonical vocabulary")
+            if x.dim() not in (1, 2) or x.shape[-1] != self.max_ngram:
+                raise RowShapeError(f"step takes the last max_ngram={self.max_ngram} tokens as "
+                                    f"[batch, {self.max_ngram}] or [{self.max_ngram}], got shape "
+                                    f"{tuple(x.shape)}")
+            # the window holds every token its last position reads: no pad is ever used
+            out = self._torch_ids(x.reshape(1, -1) if x.dim() == 1 else x)[:, -1]
+            return out[0] if x.dim() == 1 else out
+        arr = _as_index_array(last_tokens, self.vocab_size, "token id",
+                              "the canonical vocabulary")
         if arr.ndim not in (1, 2) or arr.shape[-1] != self.max_ngram:
             raise RowShapeError(f"step takes the last max_ngram={self.max_ngram} tokens as "
                                 f"[batch, {self.max_ngram}] or [{self.max_ngram}], got shape "
@@ -448,7 +483,36 @@ class NgramHasher:
         x = np.ascontiguousarray(arr.reshape(1, -1) if flat else arr)
         out = np.empty((x.shape[0], self.ids_per_token), dtype=np.int64)
         ngram_step(x, self.multipliers, self.primes, self.offsets, out)
-        return _like(out[0] if flat else out, like)
+        return out[0] if flat else out
+
+    def _torch_ids(self, x):
+        """The kernel's formula in torch ops on ``x``'s device; ``x``: int64 [B, T], checked.
+
+        The demo's form: order n mixes ``x`` shifted right by 0 .. n-1 positions (the pad id
+        filling in from the left). Products never exceed int64 (see ``kernels/ngram.py``), so
+        ``mix`` is never negative and torch's floor ``%`` equals numpy's and numba's."""
+        torch = _torch()
+        mult, primes, offsets = self._constants_on(x.device)
+        n_batch, n_pos = x.shape
+        # the pad id as a tensor fill, never a float (F.pad's value would round ids > 2**53)
+        padded = torch.cat([torch.full((n_batch, self.orders), self.pad_id, dtype=torch.int64,
+                                       device=x.device), x], dim=1)
+        mix = x * mult[0]
+        columns = []
+        for k in range(1, self.orders + 1):
+            shifted = padded[:, self.orders - k:self.orders - k + n_pos]
+            mix = mix ^ (shifted * mult[k])
+            columns.append(mix.unsqueeze(-1) % primes[k - 1] + offsets[k - 1])
+        return torch.cat(columns, dim=-1)
+
+    def _constants_on(self, device):
+        found = self._device_constants.get(device)
+        if found is None:
+            torch = _torch()
+            found = tuple(torch.from_numpy(a.copy()).to(device)
+                          for a in (self.multipliers, self.primes, self.offsets))
+            self._device_constants[device] = found
+        return found
 
     # ------------------------------------------------------------------ config
 
@@ -511,19 +575,44 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
+def _torch():
+    from .tiers._torch import torch_module
+    return torch_module()
+
+
+def _checked_tensor(ids, upper: int, what: str, where: str):
+    """``ids`` (a torch tensor) as int64 on its own device, each checked in ``[0, upper)``.
+
+    The check reads back two numbers (the minimum and the maximum), never the ids."""
+    torch = _torch()
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise IdTypeError(f"{what}s must be integers, got a tensor of {ids.dtype}")
+    x = ids.detach()
+    if x.dtype == torch.uint64:
+        # above INT64_MAX would wrap to negative ids; so would nothing valid
+        x = x.to(torch.int64)
+        big = x < 0
+        if x.numel() and bool(big.any()):
+            k = int(torch.nonzero(big.reshape(-1))[0])
+            raise IdOutOfRangeError(f"{what} {ids.reshape(-1)[k].item()} at position {k} is "
+                                    f"outside {where} [0, {upper})")
+    x = x.to(torch.int64)
+    if x.numel():
+        lo, hi = (int(v) for v in torch.stack(torch.aminmax(x)).tolist())
+        if lo < 0 or hi >= upper:
+            flat = x.reshape(-1)
+            k = int(torch.nonzero((flat < 0) | (flat >= upper))[0])
+            raise IdOutOfRangeError(f"{what} {int(flat[k])} at position {k} is outside "
+                                    f"{where} [0, {upper})")
+    return x
+
+
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
 def _as_index_array(ids, upper: int, what: str, where: str):
-    """``ids`` as an int64 numpy array, each in ``[0, upper)``, and what to give back (a torch
-    device, or None for numpy)."""
-    like = None
-    if _is_torch(ids):
-        if ids.is_floating_point() or ids.is_complex() or str(ids.dtype) == "torch.bool":
-            raise IdTypeError(f"{what}s must be integers, got a tensor of {ids.dtype}")
-        like = ids.device
-        ids = ids.detach().cpu().numpy()
+    """``ids`` (anything but a torch tensor) as an int64 numpy array, each in ``[0, upper)``."""
     try:
         arr = np.asarray(ids)
     except ValueError:
@@ -553,11 +642,4 @@ def _as_index_array(ids, upper: int, what: str, where: str):
     if bad >= 0:
         raise IdOutOfRangeError(f"{what} {out.reshape(-1)[bad]} at position {bad} is outside "
                                 f"{where} [0, {upper})")
-    return out, like
-
-
-def _like(out: np.ndarray, device):
-    if device is None:
-        return out
-    import torch
-    return torch.from_numpy(np.ascontiguousarray(out)).to(device)
+    return out
