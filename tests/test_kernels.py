@@ -240,7 +240,7 @@ def test_sketch_saturates_at_255():
 
 def test_sketch_halves_on_sample_size():
     table, state, ref = _sketch_pair(16, 16, 10)
-    for k in range(9):
+    for _ in range(9):
         sketch.sketch_add(table, state, 3, 1)
     assert sketch.sketch_estimate(table, 3) == 9 and state[0] == 9
     sketch.sketch_add(table, state, 3, 1)  # the 10th addition triggers halving
@@ -459,7 +459,7 @@ def test_verify_frames(specs):
     codec.verify_frames(keybuf, buf, starts, got_stops, ok)
     npt.assert_array_equal(ok, exp_ok)
     npt.assert_array_equal(got_stops, exp_stops)
-    for (key, payload, kind, _), good, a, b in zip(specs, ok, starts, got_stops):
+    for (_key, payload, kind, _), good, a, b in zip(specs, ok, starts, got_stops):
         if kind == "good":
             assert good
             assert buf[a:b].tobytes() == payload

@@ -534,7 +534,7 @@ def test_engram_prefetch_at_forward_entry_gives_the_same_output(tmp_path):
     block, hasher, table = make_engram(tmp_path)
     rng = np.random.default_rng(11)
     with torch.no_grad():
-        for k in range(6):
+        for _ in range(6):
             tokens = torch.as_tensor(rng.integers(0, VOCAB, size=(2, 12)))
             hidden = torch.randn(2, 12, HIDDEN)
             handle = block.prefetch(tokens)
