@@ -9,7 +9,7 @@ from tierstore.kernels import hashing
 from tierstore.kernels.slot_index import MAX_SHIFT
 
 torch = pytest.importorskip("torch")
-from tierstore.tiers.gpu_index import GpuIndex, mix64, probe  # noqa: E402
+from tierstore.tiers.gpu_index import GpuIndex, mix64  # noqa: E402
 
 
 def _clustered(size: int, count: int) -> list[int]:
