@@ -44,3 +44,27 @@ def test_check_and_export_draw_their_bars_on_a_terminal(tmp_path, monkeypatch):
     with ts.open(tmp_path / "s", readonly=True) as store:
         store.check()
     assert term.getvalue() == text   # quiet, and check's default is no bar
+
+
+def test_bench_and_profile_count_their_steps_on_a_terminal(tmp_path, monkeypatch):
+    import numpy as np
+
+    from tierstore import cli
+
+    term = Terminal()
+    monkeypatch.setattr("sys.stderr", term)
+    assert cli.main(["bench", "--rows", "4000", "--dim", "8", "--batch", "512", "--warmup", "1",
+                     "--timed", "1", "--alpha", "1.0", "--no-codecs",
+                     "--workdir", str(tmp_path)]) == 0
+    # one stream (zipf 1.0) and the drifting one, 3 policies each, then resident and cold
+    assert "bench: 100%" in term.getvalue() and "8/8" in term.getvalue()
+    trace = tmp_path / "t.npy"
+    np.save(trace, np.random.default_rng(0).integers(0, 500, 3000))
+    assert cli.main(["profile", str(trace), "--policies", "lru"]) == 0
+    assert "profile: 4 steps" in term.getvalue()   # counting, lru, optimum + MIN, sizing
+    term.seek(0)
+    term.truncate()
+    assert cli.main(["profile", str(trace), "--policies", "lru", "-q"]) == 0
+    assert cli.main(["bench", "--rows", "4000", "--dim", "8", "--batch", "512", "--warmup", "1",
+                     "--timed", "1", "--alpha", "1.0", "--no-codecs", "-q"]) == 0
+    assert term.getvalue() == ""

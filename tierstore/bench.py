@@ -16,6 +16,7 @@ import numpy as np
 from . import api
 from .config import StoreConfig
 from .kernels.batch import dedupe
+from .progress import progress as progress_bar
 from .tiers.format import row_keys
 from .workloads import drifting_ids, uniform_ids, zipf_ids
 
@@ -150,7 +151,8 @@ def _cold_path(path, spec):
     return ours, raw
 
 
-def _codec_sizes(workdir, spec, table):
+def _codec_sizes(workdir, spec, table, done):
+    """Per codec: bytes a row, read and write rates, error; ``done(name)`` after each."""
     rows = table[:spec.codec_rows]
     out = []
     for name in spec.codecs:
@@ -170,21 +172,23 @@ def _codec_sizes(workdir, spec, table):
         out.append((name, per_row, per_row / (spec.dim * np.dtype(spec.dtype).itemsize),
                     len(sample) / read, len(rows) / build, err))
         shutil.rmtree(path, ignore_errors=True)
+        done(name)
     return out
 
 
-def run(spec: BenchSpec = BenchSpec(), out=print) -> dict:
-    """Run the benchmark, print its tables, return the figures."""
+def run(spec: BenchSpec = BenchSpec(), out=print, progress: bool = False) -> dict:
+    """Run the benchmark, print its tables, return the figures. ``progress``: a bar of the
+    measuring steps on stderr (when it is a terminal); the tables follow it."""
     workdir = Path(spec.workdir or tempfile.mkdtemp(prefix="tierstore-bench-"))
     path = workdir / "table"
     try:
-        return _run(spec, workdir, path, out)
+        return _run(spec, workdir, path, out, progress)
     finally:
         if spec.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run(spec, workdir, path, out):
+def _run(spec, workdir, path, out, progress):
     cfg = spec.config
     out(f"table: {spec.rows:,} rows x {spec.dim} {spec.dtype}; device tier {cfg.device_rows:,} rows "
         f"({spec.device_share:.0%}, device='cpu'), RAM tier {cfg.ram_rows:,} rows ({spec.ram_share:.0%}); "
@@ -194,16 +198,29 @@ def _run(spec, workdir, path, out):
     api.create(path, spec.rows, spec.dim, spec.dtype, init=table, config=cfg, overwrite=True).close()
     out(f"store created in {time.perf_counter() - t0:.1f} s\n")
 
+    streams = list(_streams(spec))
+    steps = len(streams) * len(spec.policies) + 2 + len(spec.codecs)
     results = []
-    for name, ids in _streams(spec):
-        res = StreamResult(name)
-        for policy in spec.policies:
-            ratios, ours, take = _run_stream(path, spec, policy, ids, table,
-                                             time_baseline=policy == spec.policies[0])
-            res.hit[policy] = ratios
-            if policy == spec.policies[0]:
-                res.ours_rate, res.take_rate = ours, take
-        results.append(res)
+    with progress_bar(steps, "bench", unit="steps", enabled=progress) as bar:
+        for name, ids in streams:
+            res = StreamResult(name)
+            for policy in spec.policies:
+                bar.set_postfix_str(f"{name[:30]}, {policy}")
+                ratios, ours, take = _run_stream(path, spec, policy, ids, table,
+                                                 time_baseline=policy == spec.policies[0])
+                res.hit[policy] = ratios
+                if policy == spec.policies[0]:
+                    res.ours_rate, res.take_rate = ours, take
+                bar.update(1)
+            results.append(res)
+        bar.set_postfix_str("resident path")
+        ours, take, hit = _resident_path(path, spec, table)
+        bar.update(1)
+        bar.set_postfix_str("cold path")
+        cold_ours, cold_raw = _cold_path(path, spec)
+        bar.update(1)
+        bar.set_postfix_str("codecs")
+        sizes = _codec_sizes(workdir, spec, table, lambda name: bar.update(1))
 
     default = spec.policies[0]
     out(f"Lookup throughput ({default} policy; whole path: dedupe, tiers, disk misses, policy)")
@@ -222,19 +239,16 @@ def _run(spec, workdir, path, out):
         out(f"| {r.name} | " + " | ".join(f"{r.hit[p][2]:.3f}" for p in spec.policies)
             + f" | {r.hit[default][2] - best:+.3f} |")
 
-    ours, take, hit = _resident_path(path, spec, table)
     n = spec.batch * spec.timed
     out("\nMemory-resident path (ids drawn from rows already in memory) and cold path (uniform ids, tiny tiers)")
     out("| path | ours M ids/s | baseline | baseline M ids/s | ours / baseline |")
     out("|---|---:|---|---:|---:|")
     out(f"| resident (hit ratio {hit:.3f}) | {n / ours / 1e6:.2f} | np.take, whole table in RAM | "
         f"{n / take / 1e6:.2f} | {take / ours:.2f} |")
-    cold_ours, cold_raw = _cold_path(path, spec)
     n_cold = 4 * spec.batch
     out(f"| cold (all misses) | {n_cold / cold_ours / 1e6:.2f} | py-lmdb get + np.frombuffer loop | "
         f"{n_cold / cold_raw / 1e6:.2f} | {cold_raw / cold_ours:.2f} |")
 
-    sizes = _codec_sizes(workdir, spec, table) if spec.codecs else []
     if sizes:
         out(f"\nBytes on disk per row by codec ({spec.codec_rows:,} rows of the table, "
             f"{spec.dim * np.dtype(spec.dtype).itemsize} raw bytes a row; LMDB pages included)")

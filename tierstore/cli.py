@@ -15,6 +15,7 @@ import sys
 
 from . import api
 from .errors import ConfigError, TierstoreError
+from .progress import progress
 
 
 def _bench(args):
@@ -25,7 +26,7 @@ def _bench(args):
                      ram_share=args.ram_share, workdir=args.workdir,
                      codec_rows=min(100_000, args.rows),
                      alphas=tuple(args.alpha), codecs=() if args.no_codecs else BenchSpec.codecs)
-    run(spec)
+    run(spec, progress=not args.quiet)
     return 0
 
 
@@ -188,9 +189,15 @@ def _profile(args):
                          lookup_rate=args.lookup_rate, row_bytes=args.row_bytes,
                          num_rows=args.num_rows, sample_accesses=args.sample_accesses,
                          plot=args.plot)
-    log = (lambda msg: print(f"tierstore profile: {msg}", file=sys.stderr)) if args.verbose \
-        else None
-    report = P.profile(trace, spec, source, log)
+    if args.verbose:
+        report = P.profile(trace, spec, source,
+                           lambda msg: print(f"tierstore profile: {msg}", file=sys.stderr))
+    else:
+        with progress(None, "profile", unit="steps", enabled=not args.quiet) as bar:
+            def step(msg):      # counts the steps begun, names the current one
+                bar.update(1)
+                bar.set_postfix_str(msg)
+            report = P.profile(trace, spec, source, step)
     if args.json:
         print(json.dumps(report, indent=2, default=_json_default))
     else:
@@ -274,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--json", action="store_true", help="print the figures as JSON")
     prof.add_argument("--plot", metavar="OUT.png", help="draw the miss-ratio curves of every "
                       "policy against memory size (needs matplotlib: tierstore[plot])")
-    prof.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    prof.add_argument("-v", "--verbose", action="store_true", help="a line on stderr per step, "
+                      "in place of the progress bar")
+    prof.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ngram = prof.add_argument_group("Engram n-gram ids (tierstore.hashing.NgramHasher)")
     ngram.add_argument("--ngram", action="store_true", help="TRACE holds token ids ([seq] or "
                        "[batch, seq], read row by row); profile their hashed n-gram row ids")
@@ -337,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--alpha", type=float, nargs="+", default=[0.8, 1.0, 1.2])
     bench.add_argument("--no-codecs", action="store_true", help="skip the codec size table")
     bench.add_argument("--workdir", help="where to build the store (default: a temporary folder)")
+    bench.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=_bench)
 
     stat = sub.add_parser("stat", help="metadata, sizes, codec, and what tiers of the given "

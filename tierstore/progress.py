@@ -33,8 +33,10 @@ class _Silent:
         return False
 
 
-def progress(total: int, desc: str, *, unit: str = "rows", enabled: bool = True, stream=None):
-    """A bar counting ``total`` units of ``desc``; ``update(n)`` adds ``n`` done. Use it as a
+def progress(total: int | None, desc: str, *, unit: str = "rows", enabled: bool = True,
+             stream=None):
+    """A bar counting ``total`` units of ``desc`` (``None``: a count without a total);
+    ``update(n)`` adds ``n`` done, ``set_postfix_str`` names the current step. Use it as a
     context manager (or call ``close()``). Shown only when ``enabled`` and ``stream`` (default
     stderr) is a terminal."""
     stream = sys.stderr if stream is None else stream
@@ -43,5 +45,8 @@ def progress(total: int, desc: str, *, unit: str = "rows", enabled: bool = True,
         return _Silent()
     from tqdm import tqdm
 
-    return tqdm(total=int(total), desc=desc, unit=unit, unit_scale=True, file=stream,
+    if total is None:   # a count of steps: no bar, no rate
+        return tqdm(desc=desc, unit=unit, file=stream, leave=True,
+                    bar_format="{desc}: {n_fmt} {unit} [{elapsed}{postfix}]")
+    return tqdm(total=int(total), desc=desc, unit=unit, unit_scale=unit == "rows", file=stream,
                 dynamic_ncols=True, leave=True)
