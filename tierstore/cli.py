@@ -236,12 +236,9 @@ def _fraction(text):
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_profile_command(sub):
     from .policy import POLICIES
 
-    parser = argparse.ArgumentParser(prog="tierstore", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
 
     prof = sub.add_parser(
         "profile", help="replay an id trace through the tiers: hit ratios per tier and policy, "
@@ -300,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     ngram.add_argument("--pad-id", type=_nonneg_int, default=0)
     prof.set_defaults(run=_profile)
 
+
+def _add_create_command(sub):
     create = sub.add_parser("create", help="create an empty store (every row a constant)")
     create.add_argument("path")
     create.add_argument("--rows", type=_positive_int, required=True)
@@ -311,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--overwrite", action="store_true")
     create.set_defaults(run=_create)
 
+
+def _add_import_command(sub):
     imp = sub.add_parser("import", help="a .npy (memory-mapped) or safetensors tensor -> a store")
     imp.add_argument("source", help="a .npy file or a .safetensors file")
     imp.add_argument("path", help="the store to create (or to write into, with --start)")
@@ -326,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(run=_import)
 
+
+def _add_export_command(sub):
     exp = sub.add_parser("export", help="every row of a store -> a .npy file")
     exp.add_argument("path")
     exp.add_argument("out", help="the .npy file to write")
@@ -333,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     exp.set_defaults(run=_export)
 
+
+def _add_bench_command(sub):
     bench = sub.add_parser("bench", help="create a store from a generated table, run Zipf and "
                            "drifting id streams through it, print hit ratios and throughput")
     bench.add_argument("--rows", type=int, default=1_000_000)
@@ -349,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=_bench)
 
+
+def _add_stat_command(sub):
+    from .policy import POLICIES
+
     stat = sub.add_parser("stat", help="metadata, sizes, codec, and what tiers of the given "
                           "sizes would hold")
     stat.add_argument("path")
@@ -359,11 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     stat.add_argument("--policy", default="adaptive", choices=POLICIES)
     stat.set_defaults(run=_stat)
 
+
+def _add_check_command(sub):
     check = sub.add_parser("check", help="verify every stored row; exit 1 on damage")
     check.add_argument("path")
     check.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     check.set_defaults(run=_check)
 
+
+def _add_salvage_command(sub):
     salv = sub.add_parser("salvage", help="copy every readable row of a damaged store into a new "
                           "one; exit 1 if rows were lost")
     salv.add_argument("src")
@@ -374,6 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     salv.add_argument("--dtype", help="when the metadata is damaged")
     salv.add_argument("--codec", help="when the metadata is damaged")
     salv.set_defaults(run=_salvage)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tierstore", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_profile_command, _add_create_command, _add_import_command,
+                _add_export_command, _add_bench_command, _add_stat_command,
+                _add_check_command, _add_salvage_command):
+        add(sub)
     return parser
 
 
