@@ -6,6 +6,12 @@ import tierstore as ts
 from tierstore.testing import run_store_machine
 
 POLICIES = ["adaptive", "wtinylfu", "lru", "lfu"]
+
+
+def examples(n: int) -> settings:
+    """``n`` examples under the ci profile (60 by default), scaled with the profile loaded
+    (dev: half, nightly: more)."""
+    return settings(max_examples=max(5, n * settings.default.max_examples // 60))
 TIERS = [(1, 1), (0, 3), (2, 3), (3, 0), (4, 8)]
 
 
@@ -13,7 +19,7 @@ TIERS = [(1, 1), (0, 3), (2, 3), (3, 0), (4, 8)]
 @pytest.mark.parametrize("tiers", TIERS, ids=lambda t: f"dev{t[0]}-ram{t[1]}")
 def test_policies(policy, tiers):
     run_store_machine(ts.StoreConfig(device_rows=tiers[0], ram_rows=tiers[1], policy=policy),
-                      settings=settings(max_examples=25))
+                      settings=examples(25))
 
 
 @pytest.mark.parametrize("codec", ["raw", "zstd", {"id": "zstd", "level": 5, "dict_size": 1024},
@@ -22,12 +28,12 @@ def test_policies(policy, tiers):
 def test_codecs(codec, dtype):
     init = "array" if isinstance(codec, dict) else "constant"
     run_store_machine(ts.StoreConfig(device_rows=2, ram_rows=2, codec=codec), dtype=dtype,
-                      init_kind=init, settings=settings(max_examples=20))
+                      init_kind=init, settings=examples(20))
 
 
 def test_array_init_adaptive():
     run_store_machine(ts.StoreConfig(device_rows=1, ram_rows=2), init_kind="array", dim=3,
-                      settings=settings(max_examples=20))
+                      settings=examples(20))
 
 
 @pytest.mark.parametrize("parts, tiers", [(2, (1, 1)), (2, (2, 3)), (3, (0, 3)), (3, (4, 2))],
@@ -35,7 +41,7 @@ def test_array_init_adaptive():
 @pytest.mark.parametrize("policy", ["adaptive", "lru"])
 def test_partitioned_memory(parts, tiers, policy):
     run_store_machine(ts.StoreConfig(device_rows=tiers[0], ram_rows=tiers[1], policy=policy,
-                                     partitions=parts), settings=settings(max_examples=25))
+                                     partitions=parts), settings=examples(25))
 
 
 @pytest.mark.parametrize("parts", [1, 2])
@@ -45,4 +51,4 @@ def test_deferred_planning(monkeypatch, parts):
 
     monkeypatch.setattr(tierstore.store, "DEFER_PLAN_MIN_IDS", 1)
     run_store_machine(ts.StoreConfig(device_rows=2, ram_rows=3, partitions=parts),
-                      settings=settings(max_examples=25))
+                      settings=examples(25))
