@@ -40,3 +40,23 @@ def drifting_ids(num_rows: int, alpha: float, size: int, phase: int,
 
 def uniform_ids(num_rows: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, num_rows, size=size, dtype=np.int64)
+
+
+def text_trace(path, tokens: int | None = None) -> np.ndarray:
+    """The Engram row-id trace of a token file written by ``tools/make_trace.py``: each
+    document's canonical tokens hashed as one sequence by the ``NgramHasher`` its config names,
+    documents in order, each token's ids together. ``tokens``: stop after the document that
+    reaches this many tokens (default: all)."""
+    import json
+
+    from .hashing import NgramHasher
+
+    with np.load(path, allow_pickle=False) as z:
+        toks, starts, config = z["tokens"].astype(np.int64), z["doc_starts"], json.loads(str(z["config"]))
+    hasher = NgramHasher(config["vocab_size"], max_ngram=config["max_ngram"], heads=config["heads"],
+                         table_size=config["table_size"], seed=config["seed"],
+                         pad_id=config["pad_id"])
+    bounds = np.append(starts, len(toks))
+    if tokens is not None:
+        bounds = bounds[:int(np.searchsorted(bounds, tokens)) + 1]
+    return np.concatenate([hasher(toks[a:b]).reshape(-1) for a, b in zip(bounds[:-1], bounds[1:])])

@@ -1,51 +1,88 @@
-"""Hit ratios of every policy on a stationary and a drifting trace, by the store's own planner.
+"""Hit ratios of our policies next to libCacheSim's and Belady's, on real text and synthetic streams.
 
-    python tools/policy_sim.py
+    python tools/policy_sim.py                      # every stream
+    python tools/policy_sim.py --streams text       # the real-text trace only
 
-Replays each trace through ``simulate_trace`` (the code path of ``Store.lookup``, moving no
-data) with a cache of 1% and 10% of the ids (device tier a tenth of it) and prints the
-combined hit ratio over the second half of the trace (the first half warms the cache).
+Streams: ``text`` is the Engram row-id trace of real mail (tools/data/spamassassin.npz, made by
+tools/make_trace.py: 12.9M accesses over 16 tables of about 50k rows) read in batches of 16
+tokens (256 ids), with memory of 1%, 5% and 10% of the rows; ``zipf`` (Zipf 1.0, batch 1) and
+``drift`` (Zipf 1.0 over a new 50k-id topic every 100k ids, batch 64) are 2M accesses over 1M
+ids, with memory of 1% and 10%. Ours replays the trace through ``simulate_trace`` (the code path
+of ``Store.lookup``, moving no data; a tenth of memory on the device tier); libCacheSim's
+policies (the ``crosscheck`` extra) replay it one access at a time; Belady's MIN is the offline
+optimum. Every figure is the combined hit ratio over the trace's second half (the first half
+warms the cache).
 """
 import argparse
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
-from tierstore.policy import POLICIES, CacheState
-from tierstore.policy import state as S
-from tierstore.policy.planner import simulate_trace
-from tierstore.workloads import drifting_ids, zipf_ids
+from tierstore.policy import POLICIES
+from tierstore.profile import belady, simulate, trace_stats, write_oracle_general
+from tierstore.workloads import drifting_ids, text_trace, zipf_ids
+
+TEXT = Path(__file__).resolve().parent / "data" / "spamassassin.npz"
+LIBCACHESIM = ("LRU", "ARC", "S3FIFO", "WTinyLFU", "Sieve", "LFU")
+CLASSIC = ("LRU", "ARC", "S3FIFO", "WTinyLFU", "Sieve")   # the ones ours must match
 
 
-def hit_ratio(trace, capacity, policy, batch):
-    state = CacheState.new(capacity // 10, capacity - capacity // 10, policy)
-    half = len(trace) // 2
-    simulate_trace(state.arrays(), trace[:half], batch)
-    m = state.meta
-    hits0, misses0 = m[S.DEVICE_HITS] + m[S.RAM_HITS], m[S.MISSES]
-    simulate_trace(state.arrays(), trace[half:], batch)
-    hits, misses = m[S.DEVICE_HITS] + m[S.RAM_HITS] - hits0, m[S.MISSES] - misses0
-    return hits / (hits + misses)
+def theirs(halves, capacity, name):
+    """libCacheSim's hit ratio over the second half, the first half having warmed the cache."""
+    import libcachesim as lcs
+
+    cache = getattr(lcs, name)(cache_size=capacity)
+    for path in halves:
+        miss = cache.process_trace(lcs.TraceReader(path, lcs.TraceType.ORACLE_GENERAL_TRACE))[0]
+    return 1.0 - miss
+
+
+def streams(which, ids):
+    if "text" in which:
+        trace = text_trace(TEXT)
+        rows = int(trace.max()) + 1
+        yield "real text (SpamAssassin mail), 16 tokens a batch", trace, 256, rows, (0.01, 0.05, 0.10)
+    if "zipf" in which:
+        yield "zipf 1.0, batch 1", zipf_ids(ids, 1.0, 2 * ids, seed=0), 1, ids, (0.01, 0.10)
+    if "drift" in which:
+        yield ("drifting: zipf 1.0 over a new 50k-id topic every 100k ids, batch 64",
+               drifting_ids(ids, 1.0, 2 * ids, 100_000, topic_rows=50_000, seed=1), 64, ids,
+               (0.01, 0.10))
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ids", type=int, default=1_000_000)
-    parser.add_argument("--length", type=int, default=2_000_000)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", nargs="+", default=["text", "zipf", "drift"],
+                        choices=["text", "zipf", "drift"])
+    parser.add_argument("--ids", type=int, default=1_000_000, help="ids of the synthetic streams")
+    parser.add_argument("--ours", nargs="+", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument("--theirs", nargs="*", default=list(LIBCACHESIM), choices=LIBCACHESIM)
     args = parser.parse_args()
-    traces = [
-        ("zipf 1.0, batch 1", zipf_ids(args.ids, 1.0, args.length, seed=0), 1),
-        ("drifting: zipf 1.0 over a new 50k-id topic every 100k ids, batch 64",
-         drifting_ids(args.ids, 1.0, args.length, 100_000, topic_rows=50_000, seed=1), 64),
-    ]
-    print("| trace | cache | " + " | ".join(POLICIES) + " | adaptive - max(lru, lfu) |")
-    print("|---|---:|" + "---:|" * (len(POLICIES) + 1))
-    for name, trace, batch in traces:
-        for share in (0.01, 0.10):
-            capacity = int(args.ids * share)
-            ratios = {p: hit_ratio(trace, capacity, p, batch) for p in POLICIES}
-            best = max(ratios["lru"], ratios["lfu"])
-            print(f"| {name} | {share:.0%} | " + " | ".join(f"{ratios[p]:.3f}" for p in POLICIES)
-                  + f" | {ratios['adaptive'] - best:+.3f} |")
+
+    cols = [f"ours {p}" for p in args.ours] + list(args.theirs) + ["Belady"]
+    print("| stream | memory | " + " | ".join(cols) + " | ours - best classic |")
+    print("|---|---:|" + "---:|" * (len(cols) + 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, trace, batch, rows, shares in streams(args.streams, args.ids):
+            half = len(trace) // 2 // batch * batch
+            halves = [os.path.join(tmp, f"{i}.bin") for i in range(2)]
+            if args.theirs:
+                write_oracle_general(trace[:half], halves[0])
+                write_oracle_general(trace[half:], halves[1])
+            stats = trace_stats(trace)
+            for share in shares:
+                cap = int(rows * share)
+                got = {f"ours {p}": simulate(trace, cap // 10, cap - cap // 10, p, batch,
+                                             half).combined for p in args.ours}
+                got.update({t: theirs(halves, cap, t) for t in args.theirs})
+                got["Belady"] = belady(stats, 0, cap, half).combined
+                best = max((got[t] for t in CLASSIC if t in got), default=float("nan"))
+                ours = got[f"ours {args.ours[0]}"]
+                print(f"| {name} | {share:.0%} | " + " | ".join(f"{got[c]:.3f}" for c in cols)
+                      + f" | {ours - best:+.3f} |", flush=True)
 
 
 if __name__ == "__main__":
