@@ -1,9 +1,11 @@
 """GPU benchmark of the CUDA device tier and of an Engram model served from it. Needs CUDA.
 
-    python tools/bench_gpu.py                     # the recorded configuration (about 5 minutes)
-    python tools/bench_gpu.py --rows 2000000 --batches 20 --models 4x1024   # a quick look
+    python tools/bench_gpu.py                     # both table setups (about 10 minutes)
+    python tools/bench_gpu.py --setups recorded --json gpu.json   # the recorded setup alone
+    python tools/bench_gpu.py --smoke             # every step at toy sizes (a minute)
+    python tools/bench_gpu.py --smoke --device cpu   # the model part's logic, on a machine without CUDA
 
-Prints one table, every figure from the same run:
+Prints one table, every figure from the same run (``--json PATH`` writes them too):
   1. host-to-device copy of missed rows through the tier's pinned staging ring
      (pack on the host + one non-blocking copy on a side stream) against a plain
      pinned ``copy_(non_blocking=True)`` of the same bytes;
@@ -11,24 +13,38 @@ Prints one table, every figure from the same run:
      CUDA tensor out) against ``F.embedding`` on the same slab;
   3. end to end, an Engram-style model: ``blocks`` transformer blocks of width
      ``hidden`` (bf16, causal attention, 4x MLP), ``EngramMemory`` after block 1,
-     ``batch x seq`` tokens a forward, 16 rows a token (2 orders x 8 heads) of 64
-     fp16 values each, Zipf(alpha) ids per head table; the table has ``rows`` rows
-     (>= 10x the device tier), all of them in LMDB on local disk. Inference
-     forward tokens/s of
+     ``batch x seq`` tokens a forward (on the GPU unless ``--host-tokens``), 16 rows a
+     token (2 orders x 8 heads) of 64 fp16 values each, Zipf(alpha) ids per head table,
+     looked up by a hasher whose ids stay on the tokens' device. Two table setups:
+       recorded  ``--rows`` rows (>= 10x the device tier), all in LMDB on local disk,
+                 written first, then opened read-only; ``--warm`` forwards, then
+                 ``--batches`` timed ones, every batch new;
+       newuser   the issue's new-user run: a writable store made by ``ts.create`` in the
+                 process (``--nu-rows`` rows, device tier 10%, RAM tier 30%, 4
+                 partitions), a frozen ``TieredEmbedding``, ``--nu-distinct`` batches
+                 replayed: ``--nu-warm`` passes to warm, ``--nu-timed`` passes timed.
+     Inference forward tokens/s of
        hbm        the whole table in HBM as ``nn.Embedding`` (the ceiling);
        pinned     the Engram paper's method: the whole table in pinned host memory,
                   read by the GPU over PCIe (zero-copy through UVA) on a side stream
                   started at forward entry, overlapped with the blocks before it;
-       ours/off   tierstore, the lookup done when the Engram layer runs;
-       ours/entry tierstore, ``prefetch`` at forward entry (the paper's timing);
-       ours/ahead tierstore, the next batch's ``prefetch`` at forward entry (a
+       colossal   a GPU software cache after ColossalAI's (``tools/software_cache.py``:
+                  the table pinned on the host, the device tier's share of rows cached in
+                  HBM, its id -> slot map on the GPU, LFU), called at the Engram layer;
+       off        tierstore, the lookup done when the Engram layer runs;
+       entry      tierstore, ``prefetch`` at forward entry (the paper's timing);
+       ahead      tierstore, the next batch's ``prefetch`` at forward entry (a
                   serving loop that knows its next batch: lookahead of one).
      Each forward ends with a synchronisation of the compute stream, as an
-     inference step that returns its result. Ratios are ours / hbm.
+     inference step that returns its result. Ratios are to hbm.
 """
 import argparse
+import json
+import os
+import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -41,7 +57,10 @@ from tierstore.tiers.cuda import CudaMemory, _take_into
 from tierstore.torch import EngramMemory, TieredEmbedding
 from tierstore.workloads import zipf_ids
 
-DEV = torch.device("cuda", 0)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from software_cache import SoftwareCacheEmbedding  # noqa: E402  (this folder's module)
+
+DEV = torch.device("cuda", 0)    # --device cpu replaces it (the model part's logic, no timing worth reading)
 HEADS, ROW_DIM = 16, 64          # rows a token (orders 2, 3 x 8 heads), values a row
 
 
@@ -128,7 +147,7 @@ class EngramLM(nn.Module):
         self.vocab = vocab
 
     def forward(self, tokens):
-        x = self.embed((tokens % self.vocab).to(DEV, non_blocking=True))
+        x = self.embed((tokens % self.vocab).to(self.embed.weight.device, non_blocking=True))
         for i, block in enumerate(self.blocks):
             x = block(x)
             if i == self.engram_after:
@@ -138,14 +157,20 @@ class EngramLM(nn.Module):
 
 class StreamHasher:
     """The Engram hasher's face over a precomputed id stream: a "token" is a global
-    position, and its 16 row ids are that position's row of ``bank``."""
+    position, and its 16 row ids are that position's row of ``bank``; tokens on a device
+    read a copy of the bank there, so their ids never pass through the host."""
 
     def __init__(self, bank, num_rows):
-        self.bank, self.num_rows = bank, num_rows
+        self.bank, self.num_rows = torch.from_numpy(bank), num_rows
         self.ids_per_token, self.max_ngram = bank.shape[1], 3
+        self._banks = {torch.device("cpu"): self.bank}
 
     def __call__(self, tokens):
-        return self.bank[tokens]
+        tokens = torch.as_tensor(tokens)
+        bank = self._banks.get(tokens.device)
+        if bank is None:
+            bank = self._banks[tokens.device] = self.bank.to(tokens.device)
+        return bank[tokens]
 
 
 class PinnedHostTable(nn.Module):
@@ -168,11 +193,11 @@ class PinnedHostTable(nn.Module):
         return self.pinned.shape[1]
 
     def _gather(self, ids):
-        ids_gpu = ids.pin_memory().to(DEV, non_blocking=True)
         if self.view is not None:
+            ids_gpu = ids if ids.is_cuda else ids.pin_memory().to(DEV, non_blocking=True)
             return F.embedding(ids_gpu, self.view)
         rows = torch.empty(ids.shape + (self.embedding_dim,), dtype=self.pinned.dtype, pin_memory=True)
-        torch.index_select(self.pinned, 0, ids.reshape(-1), out=rows.view(-1, self.embedding_dim))
+        torch.index_select(self.pinned, 0, ids.reshape(-1).cpu(), out=rows.view(-1, self.embedding_dim))
         return rows.to(DEV, non_blocking=True)
 
     def prefetch(self, ids):
@@ -185,7 +210,7 @@ class PinnedHostTable(nn.Module):
     def forward(self, ids):
         current = torch.cuda.current_stream(DEV)
         for k, (ahead_ids, rows, done) in enumerate(self.ahead):
-            if torch.equal(ahead_ids, ids):
+            if ahead_ids is ids or (ahead_ids.device == ids.device and torch.equal(ahead_ids, ids)):
                 del self.ahead[k]
                 current.wait_event(done)
                 rows.record_stream(current)
@@ -219,128 +244,278 @@ def make_bank(rows, alpha, tokens):
     return bank
 
 
-def run_model(model, mode, tokens, warm):
-    """Tokens/s over ``tokens[warm:]`` and the last output."""
+@dataclass(frozen=True)
+class Setup:
+    """One table setup of the model part; ``replay``: the ``distinct`` batches are played
+    over and over (``warm`` and ``timed`` count forwards either way)."""
+    name: str
+    rows: int
+    device_rows: int
+    ram_rows: int
+    partitions: int
+    distinct: int
+    warm: int
+    timed: int
+    writable: bool            # made by ts.create in the process and used as is; else reopened read-only
+
+    @property
+    def suffix(self):
+        return "" if self.name == "recorded" else f"/{self.name}"
+
+
+def setups(args):
+    """The setups ``args`` asks for, in order."""
+    found = []
+    for name in args.setups:
+        if name == "recorded":
+            rows = args.rows // HEADS * HEADS
+            found.append(Setup("recorded", rows, rows // args.ratio, int(rows * args.ram_fraction),
+                               args.partitions, args.warm + args.batches, args.warm, args.batches,
+                               writable=False))
+        else:
+            rows = args.nu_rows // HEADS * HEADS
+            found.append(Setup("newuser", rows, rows // 10, rows * 3 // 10, 4, args.nu_distinct,
+                               args.nu_warm * args.nu_distinct, args.nu_timed * args.nu_distinct,
+                               writable=True))
+    return found
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
+def run_model(model, mode, tokens, warm, timed, mark):
+    """Tokens/s over the last ``timed`` of ``warm + timed`` forwards (batch ``i`` is
+    ``tokens[i % len(tokens)]``) and the last output; ``mark()`` is called as the timing starts."""
     prefetch = model.engram.prefetch
-    compute = torch.cuda.current_stream(DEV)
+    n = warm + timed
     if mode == "ahead":
         prefetch(tokens[0])
-    for i, tok in enumerate(tokens):
+    for i in range(n):
+        tok = tokens[i % len(tokens)]
         if i == warm:
-            torch.cuda.synchronize()
+            sync(DEV)
+            mark()
             start = time.perf_counter()
         if mode == "entry":
             prefetch(tok)
-        elif mode == "ahead" and i + 1 < len(tokens):
-            prefetch(tokens[i + 1])
+        elif mode == "ahead" and i + 1 < n:
+            prefetch(tokens[(i + 1) % len(tokens)])
         out = model(tok)
-        compute.synchronize()
+        sync(DEV)
     elapsed = time.perf_counter() - start
-    return tok.numel() * (len(tokens) - warm) / elapsed, out
+    return tok.numel() * timed / elapsed, out
 
 
-def engram_models(args, out):
-    rows = args.rows // HEADS * HEADS
-    device_rows, ram_rows = rows // args.ratio, int(rows * args.ram_fraction)
-    n_tok = args.batch * args.seq
-    n_batches = args.warm + args.batches
+# (name, table, mode): the variants of part 3, in the order they run
+VARIANTS = (("hbm", "hbm", "off"), ("pinned", "pinned", "entry"), ("colossal", "colossal", "off"),
+            ("off", "ours", "off"), ("entry", "ours", "entry"), ("ahead", "ours", "ahead"))
+
+
+def engram_models(setup, args, out):
+    """Part 3 for one setup: ``{model spec: {variant: tokens/s, "hits": ..., ...}}``."""
+    rows, n_tok = setup.rows, args.batch * args.seq
     t = time.perf_counter()
     rng = np.random.default_rng(7)
     table = rng.integers(-1024, 1024, size=(rows, ROW_DIM), dtype=np.int16).astype(np.float16)
     table *= np.float16(1 / 1024)
-    bank = make_bank(rows, args.alpha, n_batches * n_tok)
-    tokens = [torch.arange(i * n_tok, (i + 1) * n_tok).view(args.batch, args.seq)
-              for i in range(n_batches)]
+    bank = make_bank(rows, args.alpha, setup.distinct * n_tok)
+    token_device = torch.device("cpu") if args.host_tokens else DEV
+    tokens = [torch.arange(i * n_tok, (i + 1) * n_tok, device=token_device).view(args.batch, args.seq)
+              for i in range(setup.distinct)]
     hasher = StreamHasher(bank, rows)
-    out(f"# table {rows} x {ROW_DIM} fp16 ({table.nbytes / 2**30:.2f} GiB), device tier {device_rows} "
-        f"rows, RAM tier {ram_rows} rows, {args.partitions} partitions, Zipf {args.alpha}, {n_tok} tokens x {HEADS} rows a "
-        f"batch; generated in {time.perf_counter() - t:.0f} s")
-    results = []
+    out(f"# setup {setup.name}: table {rows} x {ROW_DIM} fp16 ({table.nbytes / 2**30:.2f} GiB), device tier "
+        f"{setup.device_rows} rows, RAM tier {setup.ram_rows} rows, {setup.partitions} partitions, Zipf "
+        f"{args.alpha}, {n_tok} tokens x {HEADS} rows a batch on {token_device.type}, {setup.distinct} distinct "
+        f"batches, {setup.warm} warm-up + {setup.timed} timed forwards; generated in {time.perf_counter() - t:.0f} s")
+    results = {}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         t = time.perf_counter()
-        ts.create(f"{tmp}/t", rows, ROW_DIM, "float16", init=table,
-                  config=ts.StoreConfig(device_rows=1024, ram_rows=1024)).close()
-        out(f"# LMDB store written in {time.perf_counter() - t:.0f} s")
-        config = ts.StoreConfig(device_rows=device_rows, ram_rows=ram_rows, device=str(DEV),
-                                partitions=args.partitions)
-        store = ts.open(f"{tmp}/t", config, readonly=True)
+        config = ts.StoreConfig(device_rows=setup.device_rows, ram_rows=setup.ram_rows, device=str(DEV),
+                                partitions=setup.partitions)
+        if setup.writable:
+            store = ts.create(f"{tmp}/t", rows, ROW_DIM, "float16", init=table, config=config)
+        else:
+            ts.create(f"{tmp}/t", rows, ROW_DIM, "float16", init=table,
+                      config=ts.StoreConfig(device_rows=1024, ram_rows=1024)).close()
+            store = ts.open(f"{tmp}/t", config, readonly=True)
+        out(f"# LMDB store written in {time.perf_counter() - t:.0f} s"
+            f"{'' if setup.writable else ', reopened read-only'}")
         hbm = nn.Embedding(rows, ROW_DIM, device=DEV, dtype=torch.float16)
         with torch.no_grad():
             hbm.weight.copy_(torch.from_numpy(table))
-        pinned = PinnedHostTable(table)
-        tables = {"hbm": hbm, "pinned": pinned, "ours": TieredEmbedding(store)}
+        tables = {"hbm": hbm, "ours": TieredEmbedding(store)}     # no optimizer: frozen
+        if DEV.type == "cuda":
+            tables["pinned"] = PinnedHostTable(table)
+            host = tables["pinned"].pinned
+        else:
+            host = torch.from_numpy(table)
         for spec in args.models:
             blocks, hidden = map(int, spec.split("x"))
             torch.manual_seed(0)
             engram = EngramMemory(hbm, hasher, hidden)
             model = EngramLM(blocks, hidden, 32000, engram).to(DEV, torch.bfloat16).eval()
-            speeds, outs, hits = {}, {}, {}
-            for name, table_name, mode in (("hbm", "hbm", "off"), ("pinned", "pinned", "entry"),
-                                           ("ours/off", "ours", "off"), ("ours/entry", "ours", "entry"),
-                                           ("ours/ahead", "ours", "ahead")):
+            # a cold cache a model, as tierstore's tiers are warm only from the first model on
+            tables["colossal"] = SoftwareCacheEmbedding(host, setup.device_rows, DEV)
+            speeds, outs, hits, before = {}, {}, {}, {}
+            for name, table_name, mode in VARIANTS:
+                if table_name not in tables:
+                    continue
                 engram.table = tables[table_name]
                 if table_name == "ours":
                     engram.table.to(DEV, torch.bfloat16)
-                    before = store.stats()
+
+                def mark(table_name=table_name, before=before):   # hits, misses: timed forwards only
+                    if table_name == "ours":
+                        before["stats"] = store.stats()
+                    elif table_name == "colossal":
+                        tables["colossal"].reset_counts()
                 with torch.inference_mode():
-                    speeds[name], outs[name] = run_model(model, mode, tokens, args.warm)
+                    speeds[name], outs[name] = run_model(model, mode, tokens, setup.warm, setup.timed,
+                                                         mark)
                 if table_name == "ours":
-                    hits[name] = tier_hits(before, store.stats())
+                    hits[name] = tier_hits(before["stats"], store.stats())
             diffs = {n: (o.float() - outs["hbm"].float()).abs().max().item() for n, o in outs.items()}
             out(f"# model {spec}: largest difference from the all-in-HBM model's output: {diffs}")
             assert max(diffs.values()) == 0.0, "outputs differ from the all-in-HBM model's"
-            results.append((spec, speeds, hits))
-            del model, engram
-        pinned_how = pinned.how
+            results[spec] = dict(speeds, hits=hits,
+                                 colossal_miss_ratio=tables["colossal"].miss_ratio())
+            del model, engram, tables["colossal"]
+        pinned_how = tables["pinned"].how if "pinned" in tables else "not run (no CUDA)"
         store.close()
-    return device_rows, ram_rows, results, pinned_how
+    return results, pinned_how
 
 
 def tier_hits(before, after):
     look = after["lookups"] - before["lookups"]
-    dev = (after["device"]["hits"] - before["device"]["hits"]) / look
-    ram = (after["ram"]["hits"] - before["ram"]["hits"]) / look
-    return dev, ram, max(0.0, 1 - dev - ram)
+    return {"device": (after["device"]["hits"] - before["device"]["hits"]) / look,
+            "ram": (after["ram"]["hits"] - before["ram"]["hits"]) / look,
+            "disk": (after["misses"] - before["misses"]) / look}
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--rows", type=int, default=8_000_000, help="table rows")
-    p.add_argument("--ratio", type=int, default=10, help="table rows / device-tier rows (>= 10)")
-    p.add_argument("--ram-fraction", type=float, default=0.5, help="RAM-tier rows / table rows")
-    p.add_argument("--partitions", type=int, default=4, help="StoreConfig.partitions")
+def model_lines(setup, spec, result, pinned_how):
+    """The table's rows of one model in one setup."""
+    base = result["hbm"]
+    label = f"3. {setup.name}: {spec} model, tokens/s"
+    lines = [(f"{label}, all-in-HBM nn.Embedding", f"{base:,.0f}", f"{base:,.0f}", "1.000")]
+    if "pinned" in result:
+        lines.append((f"{label}, pinned host table ({pinned_how}) vs HBM",
+                      f"{result['pinned']:,.0f}", f"{base:,.0f}", f"{result['pinned'] / base:.3f}"))
+    lines.append((f"{label}, colossal-style GPU cache (misses {result['colossal_miss_ratio']:.3f}) vs HBM",
+                  f"{result['colossal']:,.0f}", f"{base:,.0f}", f"{result['colossal'] / base:.3f}"))
+    for name in ("off", "entry", "ahead"):
+        h = result["hits"][name]
+        lines.append((f"{label}, ours/{name} (hits: device {h['device']:.3f} RAM {h['ram']:.3f} "
+                      f"disk {h['disk']:.3f}) vs HBM",
+                      f"{result[name]:,.0f}", f"{base:,.0f}", f"{result[name] / base:.3f}"))
+    return lines
+
+
+def report(machine, command, parts, runs):
+    """The JSON record: ``runs`` is ``[(setup, {spec: result}, pinned_how)]``; a model's key is
+    its spec, with ``/<setup>`` added for setups other than the recorded one."""
+    models, described = {}, {}
+    for setup, results, pinned_how in runs:
+        described[setup.name] = dict(asdict(setup), pinned=pinned_how)
+        for spec, result in results.items():
+            models[spec + setup.suffix] = result
+    return {"machine": machine, "command": command, "setups": described, "models": models,
+            "parts": parts}
+
+
+SMOKE = {"rows": 160_000, "nu_rows": 320_000, "models": ["2x256"], "batch": 2, "seq": 256, "warm": 3,
+         "batches": 4, "nu_distinct": 3, "nu_warm": 1, "nu_timed": 1}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--setups", nargs="+", choices=["recorded", "newuser"], default=["recorded", "newuser"])
+    p.add_argument("--rows", type=int, default=8_000_000, help="recorded: table rows")
+    p.add_argument("--ratio", type=int, default=10, help="recorded: table rows / device-tier rows (>= 10)")
+    p.add_argument("--ram-fraction", type=float, default=0.5, help="recorded: RAM-tier rows / table rows")
+    p.add_argument("--partitions", type=int, default=4, help="recorded: StoreConfig.partitions")
+    p.add_argument("--warm", type=int, default=30, help="recorded: warm-up forwards")
+    p.add_argument("--batches", type=int, default=40, help="recorded: timed forwards")
+    p.add_argument("--nu-rows", type=int, default=16_000_000, help="newuser: table rows")
+    p.add_argument("--nu-distinct", type=int, default=23, help="newuser: distinct batches, replayed")
+    p.add_argument("--nu-warm", type=int, default=2, help="newuser: warm-up passes over them")
+    p.add_argument("--nu-timed", type=int, default=2, help="newuser: timed passes over them")
     p.add_argument("--alpha", type=float, default=1.05)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=1024)
-    p.add_argument("--warm", type=int, default=30)
-    p.add_argument("--batches", type=int, default=40)
     p.add_argument("--models", nargs="+", default=["12x2048", "4x1024"], help="BLOCKSxHIDDEN")
+    p.add_argument("--host-tokens", action="store_true",
+                   help="tokens (and so the hashed ids) on the host, as before the GPU hasher")
     p.add_argument("--tmp", default=None, help="directory for the LMDB store (local disk)")
-    args = p.parse_args()
-    out = print
-    out(f"# {torch.cuda.get_device_name(DEV)}, torch {torch.__version__}, tierstore {ts.__version__}")
-    lines = [("measure", "tierstore", "baseline", "ours/base")]
-    for n in (16384, 262144):
-        nbytes, t_ours, t_plain = h2d(n, ROW_DIM, reps=50)
+    p.add_argument("--json", default=None, metavar="PATH", help="write every figure there too")
+    p.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a logic check)")
+    p.add_argument("--smoke", action="store_true", help="toy sizes (flags given still apply): " + ", ".join(
+        f"{k}={v}" for k, v in SMOKE.items()))
+    if p.parse_known_args(argv)[0].smoke:
+        p.set_defaults(**SMOKE)             # flags given still win
+    args = p.parse_args(argv)
+    for spec in args.models:
+        blocks, _, hidden = spec.partition("x")
+        if not (blocks.isdigit() and hidden.isdigit() and int(blocks) >= 2 and int(hidden) % 128 == 0):
+            p.error(f"--models {spec}: BLOCKSxHIDDEN with at least 2 blocks (the Engram layer follows "
+                    "block 1) and HIDDEN a multiple of 128 (the attention heads' width)")
+    return args
+
+
+def tier_parts(smoke, out):
+    """Parts 1 and 2: (table lines, JSON record)."""
+    lines, parts = [], {"h2d": [], "hot_gather": []}
+    reps = 5 if smoke else None
+    for n in ((4096,) if smoke else (16384, 262144)):
+        nbytes, t_ours, t_plain = h2d(n, ROW_DIM, reps=reps or 50)
+        parts["h2d"].append({"rows": n, "bytes": nbytes, "staged_GBps": nbytes / t_ours / 1e9,
+                             "plain_pinned_GBps": nbytes / t_plain / 1e9})
         lines.append((f"1. H2D of {n} missed rows ({nbytes / 2**20:.1f} MiB), GB/s: staged vs plain pinned copy",
                       f"{nbytes / t_ours / 1e9:.2f}", f"{nbytes / t_plain / 1e9:.2f}", f"{t_plain / t_ours:.2f}"))
-    for n in (16384, 131072):
-        t_ours, t_emb = hot_gather(ROW_DIM, 1 << 20, n, reps=100)
-        lines.append((f"2. hot gather of {n} ids from a 1M-row slab, us: tier path (host ids) vs F.embedding",
+    for n in ((4096,) if smoke else (16384, 131072)):
+        t_ours, t_emb = hot_gather(ROW_DIM, 1 << (16 if smoke else 20), n, reps=reps or 100)
+        parts["hot_gather"].append({"ids": n, "tier_us": t_ours * 1e6, "embedding_us": t_emb * 1e6})
+        lines.append((f"2. hot gather of {n} ids from a {'64k' if smoke else '1M'}-row slab, us: tier path "
+                      "(host ids) vs F.embedding",
                       f"{t_ours * 1e6:.0f}", f"{t_emb * 1e6:.0f}", f"{t_emb / t_ours:.3f}"))
-    device_rows, ram_rows, results, pinned_how = engram_models(args, out)
-    for spec, speeds, hits in results:
-        base = speeds["hbm"]
-        lines.append((f"3. {spec} model: tokens/s, all-in-HBM nn.Embedding", f"{base:,.0f}", f"{base:,.0f}", "1.000"))
-        lines.append((f"3. {spec} model: tokens/s, pinned host table ({pinned_how}) vs HBM",
-                      f"{speeds['pinned']:,.0f}", f"{base:,.0f}", f"{speeds['pinned'] / base:.3f}"))
-        for name in ("ours/off", "ours/entry", "ours/ahead"):
-            d, r, m = hits[name]
-            lines.append((f"3. {spec} model: tokens/s, {name} (hits: device {d:.3f} RAM {r:.3f} disk {m:.3f}) vs HBM",
-                          f"{speeds[name]:,.0f}", f"{base:,.0f}", f"{speeds[name] / base:.3f}"))
+    return lines, parts
+
+
+def main(argv=None):
+    global DEV
+    args = parse_args(argv)
+    DEV = torch.device(args.device if args.device != "cuda" else "cuda:0")
+    out = print
+    if DEV.type == "cuda":
+        machine = f"{torch.cuda.get_device_name(DEV)}, {os.cpu_count()} host cores"
+    else:
+        machine = f"CPU only ({os.cpu_count()} cores): a logic check, no figure worth reading"
+    machine += f", torch {torch.__version__}, tierstore {ts.__version__}"
+    command = "python tools/bench_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    out(f"# {machine}")
+    out(f"# {command.strip()}")
+    lines = [("measure", "tierstore", "baseline", "ours/base")]
+    if DEV.type == "cuda":
+        part_lines, parts = tier_parts(args.smoke, out)
+        lines += part_lines
+    else:
+        parts = {}
+        out("# parts 1 and 2 need CUDA: not run")
+    runs = []
+    for setup in setups(args):
+        results, pinned_how = engram_models(setup, args, out)
+        runs.append((setup, results, pinned_how))
+        for spec, result in results.items():
+            lines += model_lines(setup, spec, result, pinned_how)
     widths = [max(len(r[i]) for r in lines) for i in range(4)]
     for r in lines:
         out(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report(machine, command.strip(), parts, runs), f, indent=1)
+            f.write("\n")
+        out(f"# wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class SoftwareCacheEmbedding(nn.Module):
         num_rows, dim = table.shape
         if not 0 < cache_rows <= num_rows:
             raise ValueError(f"cache_rows must be in [1, {num_rows}], got {cache_rows}")
-        self.host = table.pin_memory() if device.type == "cuda" else table
+        self.host = table.pin_memory() if device.type == "cuda" and not table.is_pinned() else table
         self.cache = torch.zeros((cache_rows, dim), dtype=table.dtype, device=device)
         self.slot_of = torch.full((num_rows,), -1, dtype=torch.int64, device=device)
         self.id_of = torch.full((cache_rows,), -1, dtype=torch.int64, device=device)
@@ -101,5 +101,9 @@ class SoftwareCacheEmbedding(nn.Module):
         self.free -= n
 
     def miss_ratio(self) -> float:
-        """Ids looked up that were not cached, over all ids looked up."""
+        """Ids looked up that were not cached, over all ids looked up (since ``reset_counts``)."""
         return float(self.ids_missed) / max(1, int(self.ids_seen))
+
+    def reset_counts(self):
+        self.ids_seen.zero_()
+        self.ids_missed.zero_()
