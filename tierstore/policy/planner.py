@@ -54,9 +54,13 @@ def _count_start_tier(meta, start, count):
 
 @njit(cache=True, _nrt=False)
 def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty):
-    meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
-        heap, hpos, born, seen, swapped, free_device, free_ram, sketch, sketch_state, \
-        ghost_ring, ghost_keys, ghost_vals = st
+    meta, fmeta, keys, vals = st.meta, st.fmeta, st.keys, st.vals
+    entry_id, phys, owner, dirty = st.entry_id, st.phys, st.owner, st.dirty
+    seg, prev, nxt, freq = st.seg, st.prev, st.next, st.freq
+    stamp, heap, hpos, born = st.stamp, st.heap, st.hpos, st.born
+    seen, free_device, free_ram = st.seen, st.free_device, st.free_ram
+    sketch, sketch_state = st.sketch, st.sketch_state
+    ghost_ring, ghost_keys, ghost_vals = st.ghost_ring, st.ghost_keys, st.ghost_vals
     epoch = meta[EPOCH]
     n_ev = 0
     for u in range(len(uniq)):
@@ -135,9 +139,8 @@ def _device_victim(meta, owner, entry_id, swapped, sketch, epoch):
 
 @njit(cache=True, _nrt=False)
 def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
-    meta, fmeta, keys, vals, entry_id, phys, owner, dirty, seg, prev, nxt, freq, stamp, \
-        heap, hpos, born, seen, swapped, free_device, free_ram, sketch, sketch_state, \
-        ghost_ring, ghost_keys, ghost_vals = st
+    meta, entry_id, phys, owner = st.meta, st.entry_id, st.phys, st.owner
+    swapped, free_device, free_ram, sketch = st.swapped, st.free_device, st.free_ram, st.sketch
     epoch = meta[EPOCH]
     device_rows = meta[DEVICE_ROWS]
     n_sw = 0
@@ -194,7 +197,7 @@ def plan_batch(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, e
     ``uniq[u]`` when the batch began (-1: on disk), as ``probe`` gives them. Output arrays hold at least
     ``len(uniq)`` entries.
     """
-    st[0][EPOCH] += 1
+    st.meta[EPOCH] += 1
     n_ev = _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty)
     n_sw = _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y)
     return n_ev, n_sw

@@ -11,9 +11,9 @@ from .state import (CAPACITY, DEVICE_ROWS, FREE_DEVICE, FREE_RAM, HEAP_SIZE, LFU
 @njit(nogil=True, cache=True, _nrt=False)
 def probe(st, ids, entries, slots):
     """Entry and physical slot of each id; -1 for both where the row is not in memory."""
-    keys = st[2]
-    vals = st[3]
-    phys = st[5]
+    keys = st.keys
+    vals = st.vals
+    phys = st.phys
     for k in range(len(ids)):
         e = slotmap_get(keys, vals, ids[k])
         entries[k] = e
@@ -24,10 +24,10 @@ def probe(st, ids, entries, slots):
 def touch(st, ids):
     """Reorder resident rows among ``ids`` as if used now, counting nothing: rows that
     a queued prefetch says are about to be used move away from eviction."""
-    meta, seg, prev, nxt, freq, stamp, heap, hpos = st[0], st[8], st[9], st[10], st[11], st[12], \
-        st[13], st[14]
-    keys = st[2]
-    vals = st[3]
+    meta, seg, prev, nxt = st.meta, st.seg, st.prev, st.next
+    freq, stamp, heap, hpos = st.freq, st.stamp, st.heap, st.hpos
+    keys = st.keys
+    vals = st.vals
     for k in range(len(ids)):
         e = slotmap_get(keys, vals, ids[k])
         if e >= 0:
@@ -37,9 +37,9 @@ def touch(st, ids):
 @njit(cache=True)
 def mark_dirty(st, ids):
     """Flag the resident rows among ``ids`` as newer than disk."""
-    keys = st[2]
-    vals = st[3]
-    dirty = st[7]
+    keys = st.keys
+    vals = st.vals
+    dirty = st.dirty
     for k in range(len(ids)):
         e = slotmap_get(keys, vals, ids[k])
         if e >= 0:
@@ -49,10 +49,10 @@ def mark_dirty(st, ids):
 @njit(cache=True)
 def dirty_rows(st):
     """(ids, physical slots) of every dirty resident row, in entry order."""
-    meta = st[0]
-    entry_id = st[4]
-    phys = st[5]
-    dirty = st[7]
+    meta = st.meta
+    entry_id = st.entry_id
+    phys = st.phys
+    dirty = st.dirty
     n = 0
     for e in range(meta[USED]):
         n += dirty[e]
@@ -69,8 +69,8 @@ def dirty_rows(st):
 
 @njit(cache=True)
 def clear_dirty(st):
-    meta = st[0]
-    dirty = st[7]
+    meta = st.meta
+    dirty = st.dirty
     for e in range(meta[USED]):
         dirty[e] = 0
 
@@ -78,8 +78,8 @@ def clear_dirty(st):
 @njit(cache=True)
 def check_invariants(st):
     """0 when the bookkeeping is consistent, else the number of the first broken rule."""
-    meta = st[0]
-    keys, vals, entry_id, phys, owner = st[2], st[3], st[4], st[5], st[6]
+    meta = st.meta
+    keys, vals, entry_id, phys, owner = st.keys, st.vals, st.entry_id, st.phys, st.owner
     capacity = meta[CAPACITY]
     device_rows = meta[DEVICE_ROWS]
     used = meta[USED]

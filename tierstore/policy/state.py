@@ -10,6 +10,7 @@ never by the number of rows in the store.
 """
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,13 @@ PROTECTED_SHARE = 0.8
 RECENT_SHIFT = 3  # W-TinyLFU leaves a hit row in place if it moved within capacity >> 3 moves
 DEVICE_SAMPLE = 8
 BAR_RESCAN = 64  # a candidate under the last scan's bar skips the scan, but not this many in a row
+
+# CacheState's arrays as the kernels take them: one argument whose fields they read by name
+# (a namedtuple compiles to the same code as a plain tuple of the arrays)
+StateArrays = namedtuple("StateArrays", (
+    "meta", "fmeta", "keys", "vals", "entry_id", "phys", "owner", "dirty", "seg", "prev", "next",
+    "freq", "stamp", "heap", "hpos", "born", "seen", "swapped", "free_device", "free_ram",
+    "sketch", "sketch_state", "ghost_ring", "ghost_keys", "ghost_vals"))
 
 
 @dataclass
@@ -128,13 +136,9 @@ class CacheState:
             ghost_vals=ghost_vals,
         )
 
-    def arrays(self):
-        """The arrays in the order the kernels take them."""
-        return (self.meta, self.fmeta, self.keys, self.vals, self.entry_id, self.phys,
-                self.owner, self.dirty, self.seg, self.prev, self.next, self.freq,
-                self.stamp, self.heap, self.hpos, self.born, self.seen, self.swapped,
-                self.free_device, self.free_ram, self.sketch, self.sketch_state,
-                self.ghost_ring, self.ghost_keys, self.ghost_vals)
+    def arrays(self) -> StateArrays:
+        """The arrays, as the kernels take them."""
+        return StateArrays(*(getattr(self, f) for f in StateArrays._fields))
 
     @property
     def capacity(self) -> int:
