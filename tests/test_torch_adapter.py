@@ -546,3 +546,60 @@ def test_engram_prefetch_at_forward_entry_gives_the_same_output(tmp_path):
     assert stats["prefetch"]["lookups_ahead"] == 6 and stats["lookups"] == 6 * 2 * 12 * hasher.ids_per_token
     assert not block._hashed_ahead and not block.table._ahead
     block.store.close()
+
+
+def test_engram_tokens_written_after_prefetch_are_hashed_again(tmp_path):
+    # prefetch keeps a copy of CPU tokens: tokens written in place after it are not taken for
+    # the prefetched ones, and the forward reads the rows of what the tokens hold then
+    block, hasher, table = make_engram(tmp_path)
+    rng = np.random.default_rng(12)
+    tokens = torch.as_tensor(rng.integers(0, VOCAB, size=(2, 10)))
+    hidden = torch.randn(2, 10, HIDDEN)
+    with torch.no_grad():
+        block.prefetch(tokens)
+        tokens[:, 3] = (tokens[:, 3] + 1) % VOCAB
+        torch.testing.assert_close(block(hidden, tokens), reference_engram(block, table, hidden, tokens),
+                                   rtol=1e-5, atol=1e-5)
+        assert len(block._hashed_ahead) == 1                     # the stale batch, unused
+        # arrays and lists hash as tensors do, on the CPU
+        ids = block.row_ids(tokens.tolist())
+        assert ids.dtype == torch.int64 and np.array_equal(ids.numpy(), hasher(tokens.numpy()))
+    block.store.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_engram_hashes_cuda_tokens_on_the_gpu(tmp_path, monkeypatch):
+    hashing = pytest.importorskip("tierstore.hashing")
+    block, hasher, table = make_engram(tmp_path, config=ts.StoreConfig(device_rows=8, ram_rows=16,
+                                                                        device="cuda"))
+    block.to("cuda")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)     # the short conv, exact-ish
+    comp = hashing.TokenCompressor(np.arange(VOCAB + 7) % VOCAB)      # raw ids 40.. map to 0..
+    rng = np.random.default_rng(13)
+    raw = torch.as_tensor(rng.integers(0, VOCAB + 7, size=(2, 12)), device="cuda")
+    want = hasher(comp(raw.cpu().numpy()))
+    # neither the tokens nor the ids are read back to the host (the range checks read a min and
+    # a max through tolist)
+    with monkeypatch.context() as m:
+        for name in ("cpu", "numpy"):
+            m.setattr(torch.Tensor, name, lambda *a, **k: pytest.fail("read back to the host"))
+        block.compressor = comp
+        ids = block.row_ids(raw)
+        block.compressor = None
+        canonical = comp(raw)
+        assert canonical.is_cuda
+        key_ids = block.row_ids(canonical)
+    assert ids.is_cuda and key_ids.is_cuda and ids.dtype == torch.int64
+    assert np.array_equal(ids.cpu().numpy(), want) and torch.equal(ids, key_ids)
+    # prefetch and forward: the same tensor is known again by identity, the output as on the CPU
+    hidden = torch.randn(2, 12, HIDDEN, device="cuda")
+    with torch.no_grad():
+        block.prefetch(canonical)
+        assert block._hashed_ahead[0][0][0] is canonical
+        out = block(hidden, canonical)
+        assert not block._hashed_ahead and not block.table._ahead
+        cpu_block = block.to("cpu")
+        torch.testing.assert_close(out.cpu(), reference_engram(cpu_block, table, hidden.cpu(),
+                                                               canonical.cpu()), rtol=1e-5, atol=1e-5)
+    block.store.close()

@@ -23,7 +23,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 from .optim import RowOptimizer
-from .torch import TieredEmbedding, zero_grad_all
+from .torch import TieredEmbedding, batch_key, same_batch, zero_grad_all
 
 __all__ = ["EngramMemory", "RMSNorm", "ShortConv", "prefetch_all"]
 
@@ -33,6 +33,14 @@ MAX_HASHED_AHEAD = 4      # token batches hashed by prefetch a block keeps for i
 def prefetch_all(model: nn.Module, tokens):
     """``prefetch(tokens)`` on every EngramMemory in ``model``; the handles."""
     return [m.prefetch(tokens) for m in model.modules() if isinstance(m, EngramMemory)]
+
+
+def _as_tokens(tokens):
+    """Token ids as a tensor: a tensor as given (the same object, on its device: prefetch and
+    forward know it again by identity), anything else on the CPU."""
+    if torch.is_tensor(tokens):
+        return tokens
+    return torch.as_tensor(np.asarray(tokens, dtype=np.int64))
 
 
 class RMSNorm(nn.Module):
@@ -114,7 +122,7 @@ class EngramMemory(nn.Module):
         self.key_norm = RMSNorm(hidden_dim, eps)
         self.query_norm = RMSNorm(hidden_dim, eps)
         self.short_conv = ShortConv(hidden_dim, kernel_size, dilation or int(hasher.max_ngram))
-        self._hashed_ahead = []   # (tokens, ids) hashed by prefetch, for the coming forwards
+        self._hashed_ahead = []   # (batch_key(tokens), ids) hashed by prefetch, for the coming forwards
 
     @property
     def store(self):
@@ -122,30 +130,30 @@ class EngramMemory(nn.Module):
         return getattr(self.table, "store", None)
 
     def row_ids(self, tokens):
-        """Global row ids ``(batch, seq, ids_per_token)`` of ``tokens``, as a CPU int64 tensor."""
-        arr = tokens.detach().to("cpu", torch.int64).numpy() if torch.is_tensor(tokens) \
-            else np.asarray(tokens, dtype=np.int64)
-        for k, (ahead_tokens, ids) in enumerate(self._hashed_ahead):
-            if ahead_tokens.shape == arr.shape and np.array_equal(ahead_tokens, arr):
+        """Global row ids ``(batch, seq, ids_per_token)`` of ``tokens``, an int64 tensor hashed
+        where the tokens are: CUDA tokens give CUDA ids, and never pass through the host
+        (arrays and lists are hashed on the CPU). Tokens ``prefetch`` hashed give its ids."""
+        tokens = _as_tokens(tokens)
+        for k, (key, ids) in enumerate(self._hashed_ahead):
+            if same_batch(key, tokens):
                 del self._hashed_ahead[k]        # hashed by prefetch already
                 return ids
-        if self.compressor is not None:
-            arr = np.asarray(self.compressor(arr), dtype=np.int64)
-        ids = self.hasher(arr)
-        return torch.as_tensor(np.asarray(ids, dtype=np.int64))
+        canonical = tokens if self.compressor is None else self.compressor(tokens)
+        ids = self.hasher(canonical)
+        return ids if torch.is_tensor(ids) else torch.as_tensor(np.asarray(ids, dtype=np.int64))
 
     def prefetch(self, tokens):
         """Hash ``tokens`` and start fetching their rows in the background (see
         :meth:`TieredEmbedding.prefetch`); returns the handle (None when the table has no
         ``prefetch``, as a plain ``nn.Embedding``). Call it at forward entry, or earlier: the
-        rows are on their way while the blocks before this one run."""
+        rows are on their way while the blocks before this one run. The forward of the same
+        tokens (on a GPU: the same tensor, unwritten since) reuses the ids hashed here."""
         prefetch = getattr(self.table, "prefetch", None)
         if prefetch is None:
             return None
-        arr = tokens.detach().to("cpu", torch.int64).numpy() if torch.is_tensor(tokens) \
-            else np.asarray(tokens, dtype=np.int64)
-        ids = self.row_ids(arr)
-        self._hashed_ahead.append((arr.copy(), ids))
+        tokens = _as_tokens(tokens)
+        ids = self.row_ids(tokens)
+        self._hashed_ahead.append((batch_key(tokens), ids))
         del self._hashed_ahead[:-MAX_HASHED_AHEAD]
         return prefetch(ids)
 

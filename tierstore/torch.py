@@ -71,6 +71,32 @@ def _torch_dtype(np_dtype):
     return torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
 
 
+def batch_key(batch):
+    """What a module keeps to know a batch of ids (a tensor) again: on the CPU a copy; on a GPU
+    the tensor itself and its version (no copy, and nothing read back to the host)."""
+    if batch.device.type == "cpu":
+        return batch.detach().clone(), None
+    return batch, _version(batch)
+
+
+def same_batch(key, batch) -> bool:
+    """Whether ``batch`` holds what the batch behind ``key`` held when the key was made. On a
+    GPU the very tensor, unwritten since, matches at no cost; an equal other tensor is compared
+    there (a synchronisation, no copy)."""
+    kept, version = key
+    if version is None:
+        return batch.device.type == "cpu" and kept.shape == batch.shape and torch.equal(kept, batch)
+    if _version(kept) != version:                  # written in place since
+        return False
+    return kept is batch or (kept.device == batch.device and kept.shape == batch.shape
+                             and torch.equal(kept, batch))
+
+
+def _version(t) -> int:
+    # inference tensors keep no version counter (and cannot be written outside inference mode)
+    return -1 if t.is_inference() else t._version
+
+
 def config_to_dict(config: StoreConfig) -> dict:
     """A StoreConfig as plain data (``StoreConfig(**d)`` rebuilds it)."""
     return _config_dict(config)
@@ -124,7 +150,7 @@ class TieredEmbedding(nn.Module):
         self.register_buffer("_probe", torch.empty(0, dtype=dtype or _torch_dtype(store.dtype)),
                              persistent=False)
         self._records: list[_Record] = []
-        self._ahead = []      # (ids, handle) of lookups started by prefetch, oldest first
+        self._ahead = []      # (batch_key(ids), handle) of lookups started by prefetch, oldest first
         if optimizer is not None:
             optimizer.bind(store)
 
@@ -247,15 +273,15 @@ class TieredEmbedding(nn.Module):
             return self.store.prefetch(ids)
         ids = ids if torch.is_tensor(ids) else torch.as_tensor(np.asarray(ids))
         handle = lookup_async(ids)
-        self._ahead.append((ids.detach().to("cpu"), handle))
+        self._ahead.append((batch_key(ids), handle))
         del self._ahead[:-MAX_LOOKUPS_AHEAD]
         return handle
 
     def _prefetched_rows(self, ids):
         """The rows of a lookup started by :meth:`prefetch` for these ids, unless an update
         made them stale; None if there is none."""
-        for k, (ahead_ids, handle) in enumerate(self._ahead):
-            if ahead_ids.shape == ids.shape and torch.equal(ahead_ids, ids.detach().to("cpu")):
+        for k, (key, handle) in enumerate(self._ahead):
+            if same_batch(key, ids):
                 del self._ahead[k]
                 if handle.stale:
                     handle.wait_quietly()
