@@ -361,13 +361,13 @@ def with_value(shape, where, value, dtype=np.float32):
 
 
 NONFINITE = [
-    pytest.param(IDS3, with_value((3, DIM), (1, 2), np.nan), "row 1 holds NaN or Inf", id="nan"),
-    pytest.param(IDS3, with_value((3, DIM), (2, 0), np.inf), "row 2 holds NaN or Inf", id="inf"),
-    pytest.param(IDS3, with_value((3, DIM), (0, 3), -np.inf), "row 0 holds NaN or Inf", id="-inf"),
+    pytest.param(IDS3, with_value((3, DIM), (1, 2), np.nan), "rows: row id 4 (rows[1]) holds NaN or Inf", id="nan"),
+    pytest.param(IDS3, with_value((3, DIM), (2, 0), np.inf), "rows: row id 5 (rows[2]) holds NaN or Inf", id="inf"),
+    pytest.param(IDS3, with_value((3, DIM), (0, 3), -np.inf), "rows: row id 3 (rows[0]) holds NaN or Inf", id="-inf"),
     pytest.param(IDS3, with_value((3, DIM), (2, 1), 1e300, np.float64),
-                 "row 2 holds NaN or Inf (after casting float64 to float32)", id="float64-overflow"),
+                 "row id 5 (rows[2]) holds NaN or Inf (after casting float64 to float32)", id="float64-overflow"),
     pytest.param([[3, 4], [5, 6]], with_value((2, 2, DIM), (1, 1, 0), np.nan),
-                 "row 3 holds NaN or Inf", id="2d-ids"),
+                 "rows: row id 6 (rows[1, 1]) holds NaN or Inf", id="2d-ids"),
 ]
 
 
@@ -390,7 +390,7 @@ def test_float32_overflowing_float16_rejected(tmp_path):
             rows = np.ones((3, DIM), np.float32)
             rows[1, 2] = big  # finite in float32, inf in float16
             expect(ts.NonFiniteRowError, ValueError,
-                   re.escape("row 1 holds NaN or Inf (after casting float32 to float16)"),
+                   re.escape("row id 4 (rows[1]) holds NaN or Inf (after casting float32 to float16)"),
                    s.update, IDS3, rows)
         assert s.stats() == before
         np.testing.assert_array_equal(read_all(s), init)
@@ -598,7 +598,7 @@ BAD_CREATE = [
     pytest.param({"init": lambda a, b: np.full((b - a, DIM), np.inf)}, ts.NonFiniteRowError,
                  "holds NaN or Inf", id="init-callable-inf"),
     pytest.param({"init": with_value((NUM_ROWS, DIM), (33, 3), np.nan)}, ts.NonFiniteRowError,
-                 "row 33 holds NaN or Inf", id="init-nan"),
+                 "init rows 0:60: row 33 holds NaN or Inf", id="init-nan"),
     pytest.param({"init": float("nan")}, ts.NonFiniteRowError, "init constant nan is not finite", id="init-constant-nan"),
     pytest.param({"init": float("inf")}, ts.NonFiniteRowError, "is not finite", id="init-constant-inf"),
     pytest.param({"init": "zeros"}, ts.ConfigError, "init must be None, a number", id="init-str"),
@@ -1063,7 +1063,7 @@ def test_torch_bad_ids_and_rows(h):
     ids = torch.tensor(IDS3)
     expect(ts.RowShapeError, ValueError, "floating point", h.store.update, ids, torch.ones((3, DIM), dtype=torch.int64))
     expect(ts.RowShapeError, ValueError, "shape", h.store.update, ids, torch.ones((3, DIM + 1)))
-    expect(ts.NonFiniteRowError, ValueError, "row 2 holds NaN", h.store.update, ids,
+    expect(ts.NonFiniteRowError, ValueError, re.escape("row id 5 (rows[2]) holds NaN"), h.store.update, ids,
            torch.tensor(with_value((3, DIM), (2, 1), np.nan)))
     h.assert_unchanged(before)
     h.close_and_verify()
@@ -1075,7 +1075,8 @@ def test_torch_float32_overflowing_float16(tmp_path):
         for dtype in (torch.float32, torch.bfloat16):
             rows = torch.ones((3, DIM), dtype=dtype)
             rows[1, 0] = 1e6
-            expect(ts.NonFiniteRowError, ValueError, "row 1 holds NaN or Inf .after casting float32 to float16",
+            expect(ts.NonFiniteRowError, ValueError,
+                   re.escape("row id 4 (rows[1]) holds NaN or Inf (after casting float32 to float16)"),
                    s.update, torch.tensor(IDS3), rows)
         np.testing.assert_array_equal(read_all(s), np.zeros((NUM_ROWS, DIM), np.float16))
         assert s.check().ok

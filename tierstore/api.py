@@ -121,7 +121,7 @@ def _init_chunks(init, num_rows, dim, dtype, config):
     for start in range(0, num_rows, CREATE_CHUNK):
         stop = min(start + CREATE_CHUNK, num_rows)
         rows = as_rows(source(start, stop), (stop - start, dim), dtype, config.allow_nonfinite,
-                       what=f"init rows {start}:{stop}")
+                       what=f"init rows {start}:{stop}", row_ids=start)
         checked.append((start, rows))
     return checked
 

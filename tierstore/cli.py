@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -21,6 +22,11 @@ from .progress import progress
 def _bench(args):
     from .bench import BenchSpec, run
 
+    if int(args.rows * args.device_share) + int(args.rows * args.ram_share) < 1:
+        need = math.ceil(1 / max(args.device_share + args.ram_share, 1e-12))
+        raise ConfigError(f"--rows {args.rows} leaves the memory tiers no rows (device "
+                          f"{args.device_share:g} and RAM {args.ram_share:g} of the rows); give "
+                          f"--rows {need:,} or more, or larger --device-share / --ram-share")
     spec = BenchSpec(rows=args.rows, dim=args.dim, dtype=args.dtype, batch=args.batch,
                      warmup=args.warmup, timed=args.timed, device_share=args.device_share,
                      ram_share=args.ram_share, workdir=args.workdir,
@@ -183,11 +189,15 @@ def _profile(args):
             raise ConfigError("give TRACE, a .npy of row ids (or --ngram / --text)")
         trace = P.load_trace(args.trace, args.format)
         source.update(path=str(args.trace), format=args.format)
+    row_bytes, row_bytes_from, store_rows = _profile_row_bytes(args)
+    num_rows = args.num_rows
+    if num_rows is None and store_rows is not None and not (args.ngram or args.text):
+        num_rows = store_rows           # the store's table is the id space
     spec = P.ProfileSpec(device_rows=args.device_rows, ram_rows=args.ram_rows,
                          policies=tuple(args.policies), batch=args.batch, warmup=args.warmup,
                          target=args.target, device_target=args.device_target,
-                         lookup_rate=args.lookup_rate, row_bytes=args.row_bytes,
-                         num_rows=args.num_rows, sample_accesses=args.sample_accesses,
+                         lookup_rate=args.lookup_rate, row_bytes=row_bytes,
+                         row_bytes_from=row_bytes_from, num_rows=num_rows, sample_accesses=args.sample_accesses,
                          plot=args.plot)
     if args.verbose:
         report = P.profile(trace, spec, source,
@@ -203,6 +213,28 @@ def _profile(args):
     else:
         print(P.format_report(report))
     return 0
+
+
+def _profile_row_bytes(args) -> tuple[int, str, int | None]:
+    """(bytes a row, where that figure comes from, the store's rows or None) for profile."""
+    import numpy as np
+
+    given = [flag for flag, value in (("--row-bytes", args.row_bytes), ("--dim", args.dim),
+                                      ("--store", args.store)) if value is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give the row size one way: {' or '.join(given)}, not both")
+    if args.dtype is not None and args.dim is None:
+        raise ConfigError("--dtype gives the row size with --dim")
+    if args.row_bytes is not None:
+        return args.row_bytes, "--row-bytes", None
+    if args.dim is not None:
+        dtype = args.dtype or "float16"
+        return args.dim * np.dtype(dtype).itemsize, f"{args.dim} {dtype}", None
+    if args.store is not None:
+        with api.open(args.store, readonly=True) as store:
+            return (store.dim * store.dtype.itemsize, f"{store.dim} {store.dtype.name}, "
+                    f"from {args.store}", store.num_rows)
+    return 256, "assumed: 128 float16; give --dim and --dtype, --store or --row-bytes", None
 
 
 def _json_default(x):
@@ -249,7 +281,8 @@ def _add_profile_command(sub):
         "policy; and the bandwidth each tier must supply at --lookup-rate.")
     prof.add_argument("trace", nargs="?", help="a .npy of integer row ids (any shape), raw "
                       "little-endian int64 with --format raw, or token ids with --ngram")
-    prof.add_argument("--format", choices=("npy", "raw"), default="npy")
+    prof.add_argument("--format", choices=("npy", "raw"), default="npy",
+                      help="TRACE's format: a .npy array, or raw little-endian int64 (default npy)")
     prof.add_argument("--device-rows", type=_nonneg_int, help="device tier rows "
                       "(default: 1%% of the id space)")
     prof.add_argument("--ram-rows", type=_nonneg_int, help="RAM tier rows "
@@ -270,8 +303,14 @@ def _add_profile_command(sub):
                       "given device share of memory)")
     prof.add_argument("--lookup-rate", type=float, default=1e6,
                       help="ids looked up per second, for the bandwidth table (default 1e6)")
-    prof.add_argument("--row-bytes", type=_positive_int, default=256,
-                      help="bytes per row (default 256: 128 float16)")
+    prof.add_argument("--dim", type=_positive_int, help="values per row: with --dtype, the "
+                      "row size of the memory and bandwidth figures")
+    prof.add_argument("--dtype", choices=("float16", "float32", "float64"),
+                      help="the rows' dtype, with --dim (default float16)")
+    prof.add_argument("--store", metavar="PATH", help="the store the trace is for: its dim and "
+                      "dtype give the row size, its rows the id space")
+    prof.add_argument("--row-bytes", type=_positive_int, help="bytes per row, in place of "
+                      "--dim/--dtype or --store (without any of them: 256, 128 float16)")
     prof.add_argument("--sample-accesses", type=_positive_int, default=2_000_000,
                       help="accesses in the spatial sample the sizing search runs on "
                       "(default 2,000,000)")
@@ -288,26 +327,33 @@ def _add_profile_command(sub):
                        "and punctuation become token ids (first-seen order), then --ngram")
     ngram.add_argument("--vocab-size", type=_positive_int,
                        help="token vocabulary (default: the largest token id + 1)")
-    ngram.add_argument("--max-ngram", type=int, default=3)
-    ngram.add_argument("--heads", type=_positive_int, default=8)
+    ngram.add_argument("--max-ngram", type=int, default=3,
+                       help="longest n-gram hashed (default 3: bigrams and trigrams)")
+    ngram.add_argument("--heads", type=_positive_int, default=8,
+                       help="hash heads per n-gram order (default 8)")
     ngram.add_argument("--table-size", type=_positive_int, nargs="+",
                        help="rows per table, one value or one per order (default 5 x vocab)")
-    ngram.add_argument("--layer-id", type=_nonneg_int, default=0)
-    ngram.add_argument("--seed", type=_nonneg_int, default=0)
-    ngram.add_argument("--pad-id", type=_nonneg_int, default=0)
+    ngram.add_argument("--layer-id", type=_nonneg_int, default=0,
+                       help="the Engram layer: with --seed, picks the hash multipliers (default 0)")
+    ngram.add_argument("--seed", type=_nonneg_int, default=0,
+                       help="with --layer-id, picks the hash multipliers (default 0)")
+    ngram.add_argument("--pad-id", type=_nonneg_int, default=0,
+                       help="token id that fills the positions before a sequence (default 0)")
     prof.set_defaults(run=_profile)
 
 
 def _add_create_command(sub):
     create = sub.add_parser("create", help="create an empty store (every row a constant)")
-    create.add_argument("path")
-    create.add_argument("--rows", type=_positive_int, required=True)
-    create.add_argument("--dim", type=_positive_int, required=True)
-    create.add_argument("--dtype", default="float16", choices=("float16", "float32", "float64"))
+    create.add_argument("path", help="the store's folder (created)")
+    create.add_argument("--rows", type=_positive_int, required=True, help="rows in the table")
+    create.add_argument("--dim", type=_positive_int, required=True, help="values per row")
+    create.add_argument("--dtype", default="float16", choices=("float16", "float32", "float64"),
+                        help="the rows' dtype (default float16)")
     create.add_argument("--codec", default="raw", help="raw, zstd, int8, or a JSON config")
     create.add_argument("--init", type=float, default=0.0, help="every row's value (default 0)")
-    create.add_argument("--allow-nonfinite", action="store_true")
-    create.add_argument("--overwrite", action="store_true")
+    create.add_argument("--allow-nonfinite", action="store_true",
+                        help="let rows hold NaN and Inf (refused by default)")
+    create.add_argument("--overwrite", action="store_true", help="replace a store at PATH")
     create.set_defaults(run=_create)
 
 
@@ -321,8 +367,10 @@ def _add_import_command(sub):
     imp.add_argument("--codec", default="raw", help="raw, zstd, int8, or a JSON config")
     imp.add_argument("--start", type=_nonneg_int, help="write into the existing store at PATH, "
                      "from this row on")
-    imp.add_argument("--chunk-rows", type=_positive_int, default=1 << 16)
-    imp.add_argument("--allow-nonfinite", action="store_true")
+    imp.add_argument("--chunk-rows", type=_positive_int, default=1 << 16,
+                     help="rows read and written at a time (default 65,536)")
+    imp.add_argument("--allow-nonfinite", action="store_true",
+                     help="let rows hold NaN and Inf (refused by default)")
     imp.add_argument("--overwrite", action="store_true", help="replace a store at PATH")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(run=_import)
@@ -330,9 +378,10 @@ def _add_import_command(sub):
 
 def _add_export_command(sub):
     exp = sub.add_parser("export", help="every row of a store -> a .npy file")
-    exp.add_argument("path")
+    exp.add_argument("path", help="the store to read")
     exp.add_argument("out", help="the .npy file to write")
-    exp.add_argument("--chunk-rows", type=_positive_int, default=1 << 16)
+    exp.add_argument("--chunk-rows", type=_positive_int, default=1 << 16,
+                     help="rows read and written at a time (default 65,536)")
     exp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     exp.set_defaults(run=_export)
 
@@ -340,15 +389,24 @@ def _add_export_command(sub):
 def _add_bench_command(sub):
     bench = sub.add_parser("bench", help="create a store from a generated table, run Zipf and "
                            "drifting id streams through it, print hit ratios and throughput")
-    bench.add_argument("--rows", type=int, default=1_000_000)
-    bench.add_argument("--dim", type=int, default=128)
-    bench.add_argument("--dtype", default="float16")
-    bench.add_argument("--batch", type=int, default=65536)
-    bench.add_argument("--warmup", type=int, default=10, help="warm-up batches per stream")
-    bench.add_argument("--timed", type=int, default=20, help="timed batches per stream")
-    bench.add_argument("--device-share", type=float, default=0.01)
-    bench.add_argument("--ram-share", type=float, default=0.10)
-    bench.add_argument("--alpha", type=float, nargs="+", default=[0.8, 1.0, 1.2])
+    bench.add_argument("--rows", type=_positive_int, default=1_000_000,
+                       help="rows in the generated table (default 1,000,000)")
+    bench.add_argument("--dim", type=_positive_int, default=128,
+                       help="values per row (default 128)")
+    bench.add_argument("--dtype", default="float16", choices=("float16", "float32", "float64"),
+                       help="the table's dtype (default float16)")
+    bench.add_argument("--batch", type=_positive_int, default=65536,
+                       help="ids per lookup call (default 65,536)")
+    bench.add_argument("--warmup", type=_nonneg_int, default=10,
+                       help="warm-up batches per stream (default 10)")
+    bench.add_argument("--timed", type=_positive_int, default=20,
+                       help="timed batches per stream (default 20)")
+    bench.add_argument("--device-share", type=_fraction, default=0.01,
+                       help="device tier rows as a share of the table (default 0.01)")
+    bench.add_argument("--ram-share", type=_fraction, default=0.10,
+                       help="RAM tier rows as a share of the table (default 0.10)")
+    bench.add_argument("--alpha", type=float, nargs="+", default=[0.8, 1.0, 1.2],
+                       help="Zipf exponents of the id streams (default 0.8 1.0 1.2)")
     bench.add_argument("--no-codecs", action="store_true", help="skip the codec size table")
     bench.add_argument("--workdir", help="where to build the store (default: a temporary folder)")
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -360,18 +418,19 @@ def _add_stat_command(sub):
 
     stat = sub.add_parser("stat", help="metadata, sizes, codec, and what tiers of the given "
                           "sizes would hold")
-    stat.add_argument("path")
-    stat.add_argument("--json", action="store_true")
+    stat.add_argument("path", help="the store")
+    stat.add_argument("--json", action="store_true", help="print the figures as JSON")
     stat.add_argument("--device-rows", type=int, help="device tier rows to size "
                       "(default: StoreConfig's)")
     stat.add_argument("--ram-rows", type=int, help="RAM tier rows to size (default: StoreConfig's)")
-    stat.add_argument("--policy", default="adaptive", choices=POLICIES)
+    stat.add_argument("--policy", default="adaptive", choices=POLICIES,
+                      help="policy whose bookkeeping is sized (default adaptive)")
     stat.set_defaults(run=_stat)
 
 
 def _add_check_command(sub):
     check = sub.add_parser("check", help="verify every stored row; exit 1 on damage")
-    check.add_argument("path")
+    check.add_argument("path", help="the store")
     check.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     check.set_defaults(run=_check)
 
@@ -379,14 +438,27 @@ def _add_check_command(sub):
 def _add_salvage_command(sub):
     salv = sub.add_parser("salvage", help="copy every readable row of a damaged store into a new "
                           "one; exit 1 if rows were lost")
-    salv.add_argument("src")
-    salv.add_argument("dst")
-    salv.add_argument("--overwrite", action="store_true")
+    salv.add_argument("src", help="the damaged store")
+    salv.add_argument("dst", help="the new store to write")
+    salv.add_argument("--overwrite", action="store_true", help="replace a store at DST")
     salv.add_argument("--num-rows", type=_positive_int, help="when the metadata is damaged")
     salv.add_argument("--dim", type=_positive_int, help="when the metadata is damaged")
-    salv.add_argument("--dtype", help="when the metadata is damaged")
+    salv.add_argument("--dtype", choices=("float16", "float32", "float64"),
+                      help="when the metadata is damaged")
     salv.add_argument("--codec", help="when the metadata is damaged")
     salv.set_defaults(run=_salvage)
+
+
+# the library's messages name its keyword arguments; on the command line they are flags
+_KEYWORDS_AS_FLAGS = (("StoreConfig(allow_nonfinite=True)", "--allow-nonfinite"),
+                      ("allow_nonfinite=True", "--allow-nonfinite"),
+                      ("overwrite=True", "--overwrite"))
+
+
+def _in_flags(message: str) -> str:
+    for keyword, flag in _KEYWORDS_AS_FLAGS:
+        message = message.replace(keyword, flag)
+    return message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,7 +482,7 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (TierstoreError, OSError) as exc:
-        print(f"tierstore {args.command}: {exc}", file=sys.stderr)
+        print(f"tierstore {args.command}: {_in_flags(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tierstore {args.command}: interrupted", file=sys.stderr)

@@ -585,7 +585,7 @@ class ShardedStore:
                     raise ReadOnlyError(f"sharded store {self.path} is open read-only")
                 id_array = as_id_array(ids, self.num_rows)
                 new_rows = as_rows(rows, id_array.shape + (self.dim,), self.dtype,
-                                   self.config.allow_nonfinite)
+                                   self.config.allow_nonfinite, row_ids=id_array)
                 uniq, last = dedupe_last(id_array.reshape(-1))
                 order, send_counts, send_ids = self._route(uniq)
                 send_rows = new_rows.reshape(-1, self.dim)[last[order]]

@@ -341,7 +341,7 @@ class Store:
             self._check_writable()
             id_array = as_id_array(ids, self.num_rows)
             new_rows = as_rows(rows, id_array.shape + (self.dim,), self.dtype,
-                               self.config.allow_nonfinite)
+                               self.config.allow_nonfinite, row_ids=id_array)
             uniq, last = dedupe_last(id_array.reshape(-1))
             values = new_rows.reshape(-1, self.dim)[last]
             _, slots = self._state.probe(uniq)

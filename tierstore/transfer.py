@@ -200,11 +200,8 @@ def import_table(src: ArraySource, path, *, dtype=None, codec="raw", overwrite: 
     what = src.description
 
     def chunk(a, b):
-        try:
-            return as_rows(src.rows(a, b), (b - a, src.dim), dt, allow_nonfinite,
-                           what=f"{src.path} rows {a}:{b}")
-        except NonFiniteRowError as exc:
-            raise NonFiniteRowError(f"{exc} (on the command line: --allow-nonfinite)") from None
+        return as_rows(src.rows(a, b), (b - a, src.dim), dt, allow_nonfinite,
+                       what=f"{src.path} rows {a}:{b}", row_ids=a)
 
     if codec_obj.needs_training():
         codec_obj = codec_obj.trained(chunk(0, min(src.num_rows, TRAIN_SAMPLE_ROWS)))
@@ -246,7 +243,10 @@ def _import_into(src: ArraySource, path, start: int, chunk_rows: int, progress: 
                 b = min(a + chunk_rows, src.num_rows)
                 with np.errstate(over="ignore"):
                     rows = np.asarray(src.rows(a, b)).astype(store.dtype)
-                store.update(np.arange(start + a, start + b, dtype=np.int64), rows)
+                try:
+                    store.update(np.arange(start + a, start + b, dtype=np.int64), rows)
+                except NonFiniteRowError as exc:
+                    raise NonFiniteRowError(f"{src.path} rows {a}:{b}: {exc}") from None
                 bar.update(b - a)
         dtype = store.dtype.name
     return {"path": str(path), "source": src.description, "rows": src.num_rows, "dim": src.dim,
@@ -263,13 +263,18 @@ def export_npy(path, out, *, chunk_rows: int = CHUNK_ROWS, progress: bool = True
     out = Path(out)
     if out.is_dir():
         raise InputFileError(f"{out}: is a folder; give the .npy file to write")
+    if not out.parent.is_dir():
+        raise InputFileError(f"{out}: the folder {out.parent} does not exist")
     t0 = time.perf_counter()
     with api.open(path, readonly=True) as store:
         disk = store._disk
         n, dim, dtype = store.num_rows, store.dim, store.dtype
         tmp = out.with_name(f".{out.name}.partial{os.getpid()}")
         try:
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, dim))
+            try:
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, dim))
+            except OSError as exc:   # named by ``out``: the partial file is ours, not the caller's
+                raise InputFileError(f"{out}: cannot write ({exc.strerror or exc})") from None
             positions = np.arange(min(chunk_rows, n), dtype=np.int64)
             with progress_bar(n, f"export {Path(path).name}", enabled=progress) as bar:
                 for a in range(0, n, chunk_rows):

@@ -57,8 +57,12 @@ def _as_array(ids) -> np.ndarray:
     return arr
 
 
-def as_rows(rows, shape: tuple, dtype: np.dtype, allow_nonfinite: bool, what: str = "rows"):
-    """``rows`` as a C-contiguous array of ``shape`` and the store's dtype."""
+def as_rows(rows, shape: tuple, dtype: np.dtype, allow_nonfinite: bool, what: str = "rows",
+            row_ids=None):
+    """``rows`` as a C-contiguous array of ``shape`` and the store's dtype.
+
+    ``row_ids`` names the rows in errors: the ids they are written to (an array, one id per
+    row in order) or the first row of a contiguous run (an int); ``None``: their position."""
     if is_torch_tensor(rows):
         rows = rows.detach().cpu()
         if str(rows.dtype) == "torch.bfloat16":
@@ -81,6 +85,16 @@ def as_rows(rows, shape: tuple, dtype: np.dtype, allow_nonfinite: bool, what: st
         if bad >= 0:
             where = "" if arr.dtype == cast.dtype else f" (after casting {arr.dtype} to {dtype})"
             raise NonFiniteRowError(
-                f"{what}: row {bad} holds NaN or Inf{where}; "
+                f"{what}: {_row_name(bad, row_ids)} holds NaN or Inf{where}; "
                 "create the store with StoreConfig(allow_nonfinite=True) to allow them")
     return cast
+
+
+def _row_name(position: int, row_ids) -> str:
+    if row_ids is None:
+        return f"row {position}"
+    if isinstance(row_ids, (int, np.integer)):
+        return f"row {int(row_ids) + position}"
+    ids = np.asarray(row_ids)
+    index = ", ".join(str(int(i)) for i in np.unravel_index(position, ids.shape))
+    return f"row id {int(ids.reshape(-1)[position])} (rows[{index}])"

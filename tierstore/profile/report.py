@@ -27,6 +27,7 @@ class ProfileSpec:
     device_target: float | None = None
     lookup_rate: float = 1e6
     row_bytes: int = 256
+    row_bytes_from: str = "given"           # how the caller knows the row size, for the report
     num_rows: int | None = None
     sample_accesses: int = 2_000_000
     plot: str | None = None
@@ -59,6 +60,8 @@ def profile(trace: np.ndarray, spec: ProfileSpec, source: dict | None = None, lo
     if device_rows + ram_rows < 1:
         raise ConfigError("--device-rows + --ram-rows must be at least 1")
     policies = tuple(dict.fromkeys(spec.policies))
+    if not policies:
+        raise ConfigError("give at least one policy to replay")
     for p in policies:
         if p not in POLICIES:
             raise ConfigError(f"unknown policy {p!r}; choose from {', '.join(POLICIES)}")
@@ -98,7 +101,8 @@ def profile(trace: np.ndarray, spec: ProfileSpec, source: dict | None = None, lo
             report["simulation"]["results"][r.name]["ns_per_access"] = \
                 r.seconds / max(1, stats.accesses) * 1e9
 
-    rec_policy = DEFAULT_POLICY
+    # sized under the default policy, unless the caller replays others only
+    rec_policy = DEFAULT_POLICY if DEFAULT_POLICY in policies else policies[0]
     log(f"sizing for a combined hit ratio of {spec.target} under {rec_policy}")
     share = device_rows / (device_rows + ram_rows)
     anchor = (device_rows, ram_rows, sims[rec_policy]) if rec_policy in sims else None
@@ -123,7 +127,8 @@ def profile(trace: np.ndarray, spec: ProfileSpec, source: dict | None = None, lo
     base = sims.get(rec_policy) or simulate(trace, device_rows, ram_rows, rec_policy,
                                             spec.batch, start)
     report["bandwidth"] = {
-        "lookup_rate": spec.lookup_rate, "row_bytes": spec.row_bytes, "policy": rec_policy,
+        "lookup_rate": spec.lookup_rate, "row_bytes": spec.row_bytes,
+        "row_bytes_from": spec.row_bytes_from, "policy": rec_policy,
         "given": bandwidth(base, spec.lookup_rate, spec.row_bytes),
         "recommended": bandwidth(rec.verified, spec.lookup_rate, spec.row_bytes)
         if rec.reachable else None,

@@ -104,7 +104,7 @@ def format_report(report: dict) -> str:
             out.append(f"  searched in {rec['sample_replays'] + full} replays of the whole trace")
     out.append("")
     out.append(f"Bandwidth at {_rate(bw['lookup_rate'])} lookups/s of {bw['row_bytes']}-byte rows "
-               f"({bw['policy']}):")
+               f"({bw['row_bytes_from']}; policy {bw['policy']}):")
     labels = {"device_reads": "device reads", "ram_reads": "RAM reads (to the device)",
               "disk_reads": "disk reads", "admissions": "admissions (disk -> memory)",
               "promotions": "promotions (RAM -> device)", "demotions": "demotions (device -> RAM)"}
