@@ -20,6 +20,7 @@ from .progress import progress as progress_bar
 from .tiers.disk import DiskTier
 from .tiers.memory import HostMemory
 from .validation import as_id_array, as_rows, is_torch_tensor
+from .writeback import WriteBackBuffer
 
 CREATE_CHUNK = 1 << 16
 DEFER_PLAN_MIN_IDS = 8192    # smaller batches plan at once: a thread hand-off costs more
@@ -86,11 +87,9 @@ class Store:
         self._memory = _memory_for(config, self.dim, self.dtype)
         self._state = PartitionedState(config.device_rows, config.ram_rows, config.policy,
                                        config.partitions, config.sketch_width)
-        # the write-back buffer: rows evicted dirty, newer than disk, written in batches and by flush
-        self._pending_ids = np.empty(0, dtype=np.int64)
-        self._pending_rows = np.empty((0, self.dim), dtype=self.dtype)
-        self._writeback_rows = config.writeback_rows or max(WRITEBACK_MIN_ROWS,
-                                                            config.memory_rows // 8)
+        # rows evicted dirty, newer than disk, written in batches and by flush
+        self._writeback = WriteBackBuffer(self.dim, self.dtype, config.writeback_rows or max(
+            WRITEBACK_MIN_ROWS, config.memory_rows // 8))
         self._closed = False
         self._staging = Staging(limit_rows=max(4 * config.memory_rows, PREFETCH_MIN_ROWS))
         self._prefetcher: ThreadPoolExecutor | None = None
@@ -214,16 +213,7 @@ class Store:
     def _read_disk(self, ids, rows, positions):
         self._disk.read_rows(ids, rows, positions)
         self._disk_rows_read += len(ids)
-        self._overlay_pending(ids, rows, positions)
-
-    def _overlay_pending(self, ids, rows, positions=None):
-        """Rows whose write-back failed are newer than disk: they win over what was read."""
-        if not len(self._pending_ids) or not len(ids):
-            return
-        positions = np.arange(len(ids)) if positions is None else positions
-        where = np.minimum(np.searchsorted(self._pending_ids, ids), len(self._pending_ids) - 1)
-        hit = self._pending_ids[where] == ids
-        rows[positions[hit]] = self._pending_rows[where[hit]]
+        self._writeback.overlay(ids, rows, positions)
 
     def _plan_and_move(self, uniq, counts, entries, start, rows):
         aslot, fresh, (ev_id, ev_slot, ev_dirty), (sw_u, sw_from, sw_to, sw_has_y) = \
@@ -251,30 +241,18 @@ class Store:
         disk refuses, the rows stay buffered and ``flush()`` reports the failure:
         raising here, after the plan moved rows, would leave admitted slots unfilled.
         """
-        self._add_pending(ids, rows)
-        if len(self._pending_ids) >= self._writeback_rows:
-            self._drain_pending()
+        self._writeback.add(ids, rows)
+        if self._writeback.full:
+            self._drain_writeback()
 
-    def _drain_pending(self):
-        ids, rows = self._pending_ids, self._pending_rows
+    def _drain_writeback(self):
+        ids, rows = self._writeback.ids, self._writeback.rows
         try:
             self._disk.write_rows(ids, rows)
         except Exception:  # noqa: BLE001
             return
-        self._pending_ids, self._pending_rows = ids[:0], rows[:0]
+        self._writeback.clear()
         self._note_write(ids)
-
-    def _add_pending(self, ids, rows):
-        keep = ~np.isin(self._pending_ids, ids)
-        all_ids = np.concatenate([self._pending_ids[keep], ids])
-        all_rows = np.concatenate([self._pending_rows[keep], rows])
-        order = np.argsort(all_ids)
-        self._pending_ids, self._pending_rows = all_ids[order], all_rows[order]
-
-    def _drop_pending(self, ids):
-        if len(self._pending_ids):
-            keep = ~np.isin(self._pending_ids, ids)
-            self._pending_ids, self._pending_rows = self._pending_ids[keep], self._pending_rows[keep]
 
     # -- prefetching ------------------------------------------------------------------------
     def prefetch(self, ids) -> PrefetchHandle:
@@ -308,7 +286,7 @@ class Store:
             with self._exclusive():
                 fresh = ~np.isin(wanted, self._written_since(gen))
                 wanted, rows = wanted[fresh], rows[fresh]
-                self._overlay_pending(wanted, rows)
+                self._writeback.overlay(wanted, rows)
                 self._staging.add(wanted, rows)
                 self._prefetch_stats["rows_read"] += len(wanted)
                 return len(wanted)
@@ -348,7 +326,7 @@ class Store:
             resident = slots >= 0
             self._disk.write_rows(uniq[~resident], values[~resident])
             self._note_write(uniq)
-            self._drop_pending(uniq[~resident])
+            self._writeback.drop(uniq[~resident])
             self._memory.write(slots[resident], values[resident])
             self._state.mark_dirty(uniq[resident])
             for handle in list(self._ahead):
@@ -364,15 +342,14 @@ class Store:
     def _flush(self):
         if not self.readonly:
             ids, slots = self._state.dirty_rows()
-            records = self._disk.encode(self._pending_ids, self._pending_rows)
+            records = self._disk.encode(self._writeback.ids, self._writeback.rows)
             records += self._disk.encode(ids, self._memory.read(slots))
             if records:
                 self._disk.write(lambda txn: self._disk.put_encoded(txn, records))
             self._disk.sync()
             self._state.clear_dirty()
-            self._note_write(self._pending_ids)
-            self._pending_ids = self._pending_ids[:0]
-            self._pending_rows = self._pending_rows[:0]
+            self._note_write(self._writeback.ids)
+            self._writeback.clear()
 
     def refresh(self):
         """Forget every cached row, so the next lookups read the newest committed rows.
@@ -438,7 +415,7 @@ class Store:
             "writebacks": int(m[S.WRITEBACKS]),
             "policy": self.config.policy,
             "window_rows": int(m[S.WINDOW_CAP]),
-            "pending_writebacks": int(len(self._pending_ids)),
+            "pending_writebacks": len(self._writeback),
             "prefetch": dict(self._prefetch_stats, staged_rows=self._staging.rows),
             "bookkeeping_bytes": self._state.nbytes(),
         }
