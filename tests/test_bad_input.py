@@ -281,7 +281,25 @@ def test_ragged_ids(h, op):
 def test_empty_id_list_is_not_an_error(h):
     assert h.store.lookup(np.array([], dtype=np.int64)).shape == (0, DIM)  # works
     assert h.store.lookup([]).shape == (0, DIM)
+    # np.array([]) is float64: an empty array holds no ids, whatever numpy's default dtype
+    assert h.store.lookup(np.array([])).shape == (0, DIM)
+    assert h.store.lookup(np.empty((2, 0))).shape == (2, 0, DIM)
+    h.store.prefetch(np.array([])).wait()
     h.store.update([], np.empty((0, DIM), np.float32))
+    h.store.update(np.array([]), np.empty((0, DIM), np.float32))
+    for empty_bool in (np.array([], dtype=bool), np.array([], dtype=np.complex64)):
+        expect(ts.IdTypeError, TypeError, "row ids must be integers", h.store.lookup, empty_bool)
+    h.assert_unchanged()
+
+
+def test_empty_float_tensor_is_no_ids(h):
+    torch = pytest.importorskip("torch")
+    got = h.store.lookup(torch.tensor([]))
+    assert torch.is_tensor(got) and tuple(got.shape) == (0, DIM)
+    expect(ts.IdTypeError, TypeError, "row ids must be integers", h.store.lookup,
+           torch.tensor([], dtype=torch.bool))
+    expect(ts.IdTypeError, TypeError, "row ids must be integers", h.store.lookup,
+           torch.tensor([1.0]))
     h.assert_unchanged()
 
 
@@ -491,6 +509,11 @@ def test_closed_by_context_manager(tmp_path):
     with ts.create(path, NUM_ROWS, DIM, "float32", config=tiny()) as s:
         s.lookup([1, 2, 3])
         s.update([1, 2], np.full((2, DIM), 3.0, np.float32))  # dirty, in memory
+        s.flush()
+        flushed = s.stats()
+    # stats() after close is not an error: the counters as the store closed (nothing was
+    # left to write back), to read after the block
+    assert s.stats() == flushed and s.stats()["lookups"] == 3
     expect(ts.ClosedStoreError, ValueError, "closed", s.lookup, [1])
     expect(ts.ClosedStoreError, ValueError, "closed", s.update, [1], np.ones((1, DIM), np.float32))
     s.close()

@@ -16,7 +16,9 @@ def is_torch_tensor(x) -> bool:
 def as_id_array(ids, num_rows: int) -> np.ndarray:
     """Row ids as an int64 array of the caller's shape, every one in ``[0, num_rows)``."""
     if is_torch_tensor(ids):
-        if ids.is_floating_point() or ids.is_complex() or str(ids.dtype) == "torch.bool":
+        # an empty float tensor (torch.tensor([])) is no ids, as an empty list is
+        if ids.numel() and (ids.is_floating_point() or ids.is_complex()) or \
+                str(ids.dtype) == "torch.bool":
             raise IdTypeError(f"row ids must be integers, got a tensor of {ids.dtype}")
         ids = ids.detach().cpu().numpy()
     arr = _as_array(ids)
@@ -48,10 +50,10 @@ def _as_array(ids) -> np.ndarray:
         arr = np.asarray(ids)
     except ValueError:
         raise IdTypeError("row ids must form a rectangular array of integers") from None
+    if arr.size == 0 and arr.dtype.kind == "f":
+        return arr.astype(np.int64)     # [] and np.array([]) (float64): no ids, not float ids
     if isinstance(ids, np.ndarray):
         return arr
-    if arr.size == 0 and arr.dtype.kind == "f":
-        return arr.astype(np.int64)
     if arr.dtype.kind == "f":
         return np.array(ids, dtype=object)
     return arr
