@@ -54,7 +54,7 @@ import tierstore as ts
 path, work, seconds, seed = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 store = ts.open(path, config=ts.StoreConfig(device_rows=4, ram_rows=28, map_size=1 << 20))
 n = store.num_rows
-map0 = store._disk.env.info()["map_size"]
+map0 = store.disk.env.info()["map_size"]
 rng = np.random.default_rng(seed)
 latest = np.zeros(n)
 
@@ -78,7 +78,7 @@ while time.monotonic() < end:
 store.flush()
 publish("floor", latest)
 publish("final", latest)
-stats = {"versions": version, "flushes": flushes + 1, "map_grew": store._disk.env.info()["map_size"] > map0,
+stats = {"versions": version, "flushes": flushes + 1, "map_grew": store.disk.env.info()["map_size"] > map0,
          "writebacks": store.stats()["writebacks"]}
 store.close()
 (work / "done").touch()
@@ -337,7 +337,7 @@ def test_reads_on_other_threads_survive_map_growth(tmp_path):
     n = 20_000
     store = ts.create(tmp_path / "s", n, 16, "float32", init=np.ones((n, 16), np.float32),
                       config=ts.StoreConfig(device_rows=4, ram_rows=8, map_size=1 << 20))
-    disk = store._disk
+    disk = store.disk
     errors, reads, stop = [], [0], threading.Event()
 
     def reader():
@@ -377,11 +377,11 @@ def test_prefetch_while_updates_grow_the_map(tmp_path):
     rng = np.random.default_rng(3)
     handles = []
     with store:
-        map0 = store._disk.env.info()["map_size"]
+        map0 = store.disk.env.info()["map_size"]
         for start in range(0, n, 2000):
             handles += [store.prefetch(rng.integers(0, n, 3000)) for _ in range(2)]
             store.update(np.arange(start, start + 2000), np.full((2000, 16), 1.0, np.float32))
         for h in handles:
             h.wait(timeout=120)
-        assert store._disk.env.info()["map_size"] >= 4 * map0
+        assert store.disk.env.info()["map_size"] >= 4 * map0
         np.testing.assert_array_equal(store.lookup(rng.integers(0, n, 1000)), 1.0)

@@ -530,17 +530,17 @@ def test_full_map_at_its_ceiling(tmp_path):
     holder = {}
 
     def fill(store):
-        holder["pin"] = store._disk.env.begin()
+        holder["pin"] = store.disk.env.begin()
         rows = np.empty((500, FULL_DIM), np.float32)  # rewritten unchanged: the table stays
-        store._disk.read_rows(np.arange(2500, 3000), rows, np.arange(500))
+        store.disk.read_rows(np.arange(2500, 3000), rows, np.arange(500))
         for k in (500, 50, 5, 1):  # smaller and smaller writes, until not one row fits
             with pytest.raises(ts.DiskFullError, match="max_map_size"):
                 for _ in range(1000):
-                    store._disk.write_rows(np.arange(2500, 2500 + k), rows[:k])
+                    store.disk.write_rows(np.arange(2500, 2500 + k), rows[:k])
 
     def free(store):
         holder["pin"].abort()
-        store._disk.max_map_size = None  # as if the operator gave the disk more room
+        store.disk.max_map_size = None  # as if the operator gave the disk more room
 
     full_disk_scenario(tmp_path / "store", cfg, fill, free)
 
@@ -555,18 +555,18 @@ def test_any_failed_writeback_keeps_the_rows(tmp_path):
                                                                      policy="lru")) as s:
         s.lookup([1, 2, 3])
         s.update([1, 2, 3], np.full((3, 4), -1.0, np.float32))
-        write = s._disk.write
+        write = s.disk.write
 
         def broken(body):
             raise RuntimeError("the disk tier broke")
-        s._disk.write = broken
+        s.disk.write = broken
         np.testing.assert_array_equal(s.lookup([50, 51, 52]), table[[50, 51, 52]])
         assert s.stats()["pending_writebacks"] == 3
         with pytest.raises(RuntimeError, match="broke"):
             s.flush()
         np.testing.assert_array_equal(s.lookup([50, 51, 52]), table[[50, 51, 52]])
         np.testing.assert_array_equal(s.lookup([1, 2, 3]), np.full((3, 4), -1.0, np.float32))
-        s._disk.write = write
+        s.disk.write = write
         s.flush()
         assert s.stats()["pending_writebacks"] == 0
     with ts.open(path, readonly=True) as ro:

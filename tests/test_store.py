@@ -14,7 +14,7 @@ def test_bookkeeping_follows_capacity_not_rows(tmp_path):
     assert huge.stats()["bookkeeping_bytes"] == small.stats()["bookkeeping_bytes"]
     ids = np.array([0, 99_999_999, 12_345_678])
     assert huge.lookup(ids).shape == (3, 8)
-    assert huge._disk.stored_rows() == 0
+    assert huge.disk.stored_rows() == 0
     small.close()
     huge.close()
 
@@ -26,7 +26,7 @@ def test_rows_equal_to_constant_init_are_not_stored(tmp_path):
         for i in range(3, 20):  # push 1 and 2 out of memory
             s.lookup([i])
         s.flush()
-        assert s._disk.stored_rows() == 1
+        assert s.disk.stored_rows() == 1
         np.testing.assert_array_equal(s.lookup([1, 2])[:, 0], [2.0, 3.0])
 
 
@@ -89,9 +89,9 @@ def test_prefetched_rows_come_without_disk_reads(tmp_path):
                    config=ts.StoreConfig(device_rows=4, ram_rows=16)) as store:
         ids = np.arange(100, 164)
         assert store.prefetch(ids).wait(timeout=60) == 64
-        before = store.stats()["disk"]["reads"], store._disk.bytes_read
+        before = store.stats()["disk"]["reads"], store.disk.bytes_read
         np.testing.assert_array_equal(store.lookup(ids), table[ids])
-        assert store._disk.bytes_read == before[1]  # nothing read from LMDB by the lookup
+        assert store.disk.bytes_read == before[1]  # nothing read from LMDB by the lookup
         assert store.stats()["prefetch"]["rows_used"] == 64
 
 

@@ -136,7 +136,7 @@ def _cold_path(path, spec):
     ids = uniform_ids(spec.rows, spec.batch * 4, seed=spec.seed + 11).reshape(4, -1)
     ours = raw = 0.0
     with api.open(path, config=tiny) as store:
-        env, db = store._disk.env, store._disk.rows_db
+        env, db = store.disk.env, store.disk.rows_db
         for b in ids:
             uniq = dedupe(b)[0]
             t0 = time.perf_counter()
@@ -162,7 +162,7 @@ def _codec_sizes(workdir, spec, table, done):
         with api.create(path, len(rows), spec.dim, spec.dtype, init=rows,
                         config=StoreConfig(device_rows=16, ram_rows=16, codec=codec)) as store:
             build = time.perf_counter() - t0
-            per_row = store._disk.used_bytes() / len(rows)
+            per_row = store.disk.used_bytes() / len(rows)
             sample = np.arange(0, len(rows), max(1, len(rows) // 4096))
             store.lookup(sample[-8:])  # compiles the codec's kernels outside the timing
             t0 = time.perf_counter()

@@ -58,7 +58,7 @@ def _stat(args):
     from .policy import CacheState
 
     with api.open(args.path, readonly=True) as store:
-        disk = store._disk
+        disk = store.disk
         records = disk.stored_rows()
         used = disk.used_bytes()
         row_bytes = store.dim * store.dtype.itemsize

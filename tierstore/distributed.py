@@ -302,13 +302,13 @@ def _check_record(record: ShardMeta | None, where: Path, rank: int, world_size: 
 
 
 def _read_shard_record(local: Store) -> ShardMeta | None:
-    disk = local._disk  # the record sits in the store's own LMDB metadata table
+    disk = local.disk  # the record sits in the store's own LMDB metadata table
     with disk.reading(disk.meta_db) as txn:
         return ShardMeta.from_bytes(txn.get(SHARD_KEY), local.path)
 
 
 def _write_shard_record(local: Store, record: ShardMeta):
-    disk = local._disk
+    disk = local.disk
     disk.write(lambda txn: txn.put(SHARD_KEY, record.to_bytes(), db=disk.meta_db))
     disk.sync()
     return local
@@ -493,6 +493,11 @@ class ShardedStore:
         if failed:
             raise ShardPeerError(f"rank(s) {failed} failed their part of {what} (their own error "
                                  "says why)", failed)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._closed
 
     # -- reading ---------------------------------------------------------------------------
     def lookup(self, ids):
@@ -781,7 +786,7 @@ def reshard(src, dst, world_size: int, *, rule: str | None = None,
         first, record = sources[0]
         old = ShardingRule(record.rule, record.num_rows, record.world_size)
         new = ShardingRule(rule or record.rule, record.num_rows, world_size)
-        constant = first._disk.meta.constant  # rows without a record read as it: keep it
+        constant = first.disk.meta.constant  # rows without a record read as it: keep it
         shard_config = replace(config, codec=first.codec)
         targets = []
         try:

@@ -102,6 +102,18 @@ class Store:
         self._ahead: weakref.WeakSet[LookupHandle] = weakref.WeakSet()   # async lookups, for staleness
         self._disk_rows_read = 0
 
+    @property
+    def disk(self) -> DiskTier:
+        """The disk tier: the LMDB environment and its records, for tools that work on the
+        stored records themselves (stat, export, sharding, benchmarks). It holds what the last
+        write-back or flush wrote; rows newer than that are in memory until :meth:`flush`."""
+        return self._disk
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._closed
+
     # -- reading ---------------------------------------------------------------------------
     def lookup(self, ids):
         """Rows of ``ids`` (integers of any shape): an array of shape ``ids.shape + (dim,)``.

@@ -306,7 +306,7 @@ class TieredEmbedding(nn.Module):
             self.optimizer.close()
         if self.owns_store:
             self.store.close()
-        elif not self.store.readonly and not getattr(self.store, "_closed", False):
+        elif not self.store.readonly and not self.store.closed:
             self.store.flush()
 
     # -- checkpoints -------------------------------------------------------------------------

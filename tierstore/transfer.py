@@ -267,7 +267,7 @@ def export_npy(path, out, *, chunk_rows: int = CHUNK_ROWS, progress: bool = True
         raise InputFileError(f"{out}: the folder {out.parent} does not exist")
     t0 = time.perf_counter()
     with api.open(path, readonly=True) as store:
-        disk = store._disk
+        disk = store.disk
         n, dim, dtype = store.num_rows, store.dim, store.dtype
         tmp = out.with_name(f".{out.name}.partial{os.getpid()}")
         try:

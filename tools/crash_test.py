@@ -156,9 +156,9 @@ def _instrument(store, ph):
         setattr(obj, name, wrapper)
 
     wrap(store, "_write_back", lambda prev: WRITEBACK)
-    wrap(store._disk, "write", lambda prev: FLUSH_COMMIT if prev == FLUSH else None)
-    wrap(store._disk, "sync", lambda prev: SYNC if prev == FLUSH else None)
-    wrap(store._disk, "_grow", lambda prev: GROW)
+    wrap(store.disk, "write", lambda prev: FLUSH_COMMIT if prev == FLUSH else None)
+    wrap(store.disk, "sync", lambda prev: SYNC if prev == FLUSH else None)
+    wrap(store.disk, "_grow", lambda prev: GROW)
 
 
 def child_create(path, num_rows, dim):
