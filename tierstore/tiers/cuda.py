@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..kernels.batch import gather_tiered
 from ._torch import torch_module
+from .base import MemoryTier
 from .memory import words
 
 ALIGN = 256          # bytes: each packed array starts at a multiple (any dtype's view is legal)
@@ -143,7 +144,7 @@ class Ready:
         self.event = event
 
 
-class CudaMemory:
+class CudaMemory(MemoryTier):
     """Device slab in GPU memory (with a host shadow), RAM slab in pinned host memory."""
 
     def __init__(self, device_rows: int, ram_rows: int, dim: int, dtype, device: str):

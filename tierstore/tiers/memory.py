@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels.batch import gather_tiered
+from .base import MemoryTier
 
 
 def words(rows: np.ndarray) -> np.ndarray:
@@ -19,7 +20,7 @@ def words(rows: np.ndarray) -> np.ndarray:
             return rows.view(word).reshape(len(rows), row_bytes // np.dtype(word).itemsize)
 
 
-class HostMemory:
+class HostMemory(MemoryTier):
     """Device and RAM slabs, both in host memory (``device="cpu"``)."""
 
     def __init__(self, device_rows: int, ram_rows: int, dim: int, dtype: np.dtype):
@@ -34,11 +35,13 @@ class HostMemory:
         gather_tiered(words(self.device), words(self.ram), self.device_rows, slots, words(out))
 
     def read(self, slots: np.ndarray) -> np.ndarray:
+        """Rows of ``slots``, copied."""
         out = np.empty((len(slots), self.dim), dtype=self.dtype)
         self.gather(slots, out)
         return out
 
     def write(self, slots: np.ndarray, rows: np.ndarray):
+        """Rows into slots."""
         rows = np.asarray(rows, dtype=self.dtype)
         on_device = slots < self.device_rows
         self.device[slots[on_device]] = rows[on_device]
@@ -65,4 +68,5 @@ class HostMemory:
         return out
 
     def nbytes(self) -> int:
+        """Bytes of both slabs."""
         return self.device.nbytes + self.ram.nbytes

@@ -1,0 +1,25 @@
+"""The MemoryTier contract (tierstore.testing.tier_tests.MemoryTierTests) on each tier."""
+import pytest
+
+from tierstore.testing.tier_tests import MemoryTierTests
+from tierstore.tiers.base import MemoryTier
+from tierstore.tiers.memory import HostMemory
+
+
+class TestHostMemory(MemoryTierTests):
+    def make_tier(self, device_rows, ram_rows, dim, dtype):
+        tier = HostMemory(device_rows, ram_rows, dim, dtype)
+        assert isinstance(tier, MemoryTier)
+        return tier
+
+
+class TestCudaMemory(MemoryTierTests):
+    def make_tier(self, device_rows, ram_rows, dim, dtype):
+        torch = pytest.importorskip("torch")
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+        from tierstore.tiers.cuda import CudaMemory
+
+        tier = CudaMemory(device_rows, ram_rows, dim, dtype, "cuda")
+        assert isinstance(tier, MemoryTier)
+        return tier

@@ -1,0 +1,140 @@
+"""Shared test suites for the two contracts: ``MemoryTierTests`` for a memory tier
+(:class:`tierstore.tiers.base.MemoryTier`) and ``TableStoreTests`` for a table store
+(:class:`tierstore.table_store.TableStore`). Subclass one in a pytest module, named
+``Test...``, and give it the factory it asks for; every test then runs against that
+implementation::
+
+    class TestHostMemory(MemoryTierTests):
+        def make_tier(self, device_rows, ram_rows, dim, dtype):
+            return HostMemory(device_rows, ram_rows, dim, dtype)
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _host(out) -> np.ndarray:
+    """A lookup's output as a numpy array (torch tensors are copied to the host)."""
+    if isinstance(out, np.ndarray):
+        return out
+    return out.detach().cpu().numpy()
+
+
+def _pattern(n: int, dim: int, dtype, base: int = 0) -> np.ndarray:
+    """Rows that differ from each other in every value: row k holds base + k*dim + j."""
+    return (base + np.arange(n * dim).reshape(n, dim)).astype(dtype)
+
+
+class MemoryTierTests:
+    """The MemoryTier contract, run against ``make_tier``."""
+
+    device_rows = 3
+    ram_rows = 5
+    dim = 4
+    dtypes = ("float16", "float32")
+
+    def make_tier(self, device_rows: int, ram_rows: int, dim: int, dtype):
+        raise NotImplementedError("a MemoryTierTests subclass gives make_tier")
+
+    def _filled(self, dtype, device_rows=None, ram_rows=None):
+        d = self.device_rows if device_rows is None else device_rows
+        r = self.ram_rows if ram_rows is None else ram_rows
+        tier = self.make_tier(d, r, self.dim, dtype)
+        rows = _pattern(d + r, self.dim, dtype, base=1)
+        tier.write(np.arange(d + r, dtype=np.int64), rows)
+        tier.end_lookup()     # outside a lookup: a no-op for every tier
+        return tier, rows
+
+    def _lookup(self, tier, slots, inverse, shape, as_torch=False):
+        """Steps 1, 2 and 4 of a lookup (no moves): the delivered output, on the host."""
+        slots = np.asarray(slots, dtype=np.int64)
+        rows = np.full((len(slots), self.dim), -7, dtype=tier.dtype)
+        tier.gather(slots, rows)
+        ready = tier.finish_lookup(rows, np.asarray(inverse, dtype=np.int64), shape, as_torch)
+        tier.end_lookup()
+        return rows, _host(tier.deliver(ready))
+
+    @pytest.mark.parametrize("dtype", dtypes)
+    def test_attributes(self, dtype):
+        tier = self.make_tier(self.device_rows, self.ram_rows, self.dim, dtype)
+        assert (tier.device_rows, tier.dim, tier.dtype) == (self.device_rows, self.dim,
+                                                            np.dtype(dtype))
+        assert tier.nbytes() >= (self.device_rows + self.ram_rows) * self.dim * np.dtype(dtype).itemsize
+
+    @pytest.mark.parametrize("dtype", dtypes)
+    def test_write_then_read_in_every_slot(self, dtype):
+        tier, rows = self._filled(dtype)
+        order = np.array([6, 0, 3, 2, 7, 1, 5, 4], dtype=np.int64)
+        got = tier.read(order)
+        assert got.dtype == np.dtype(dtype) and got.shape == (8, self.dim)
+        np.testing.assert_array_equal(got, rows[order])
+        got[:] = 0        # a copy: the tier's rows stay
+        np.testing.assert_array_equal(tier.read(order), rows[order])
+
+    def test_overwrite_keeps_the_other_slots(self):
+        tier, rows = self._filled("float32")
+        new = _pattern(2, self.dim, "float32", base=1000)
+        tier.write(np.array([1, 4], dtype=np.int64), new)
+        rows[[1, 4]] = new
+        np.testing.assert_array_equal(tier.read(np.arange(8, dtype=np.int64)), rows)
+
+    @pytest.mark.parametrize("as_torch", [False, True])
+    def test_lookup_expands_unique_rows(self, as_torch):
+        if as_torch:
+            pytest.importorskip("torch")
+        tier, rows = self._filled("float32")
+        slots = np.array([4, -1, 0, 7], dtype=np.int64)     # RAM, on disk, device, RAM
+        inverse = np.array([2, 0, 0, 3, 1, 2], dtype=np.int64)
+        host = np.full((4, self.dim), -7, dtype=np.float32)
+        tier.gather(slots, host)
+        assert (host[1] == -7).all(), "gather wrote the row of slot -1"
+        host[1] = 99.0    # the store reads a missing row from disk into its place
+        ready = tier.finish_lookup(host, inverse, (2, 3), as_torch)
+        tier.end_lookup()
+        out = tier.deliver(ready)
+        expected = np.stack([rows[4], host[1], rows[0], rows[7]])[inverse].reshape(2, 3, self.dim)
+        np.testing.assert_array_equal(_host(out), expected)
+        if as_torch:
+            assert not isinstance(out, np.ndarray)
+
+    def test_gather_gives_ram_rows_and_fill_rows_the_rest(self):
+        tier, rows = self._filled("float32")
+        slots = np.array([5, 1, -1, 2], dtype=np.int64)
+        host = np.full((4, self.dim), -7, dtype=np.float32)
+        tier.gather(slots, host)
+        np.testing.assert_array_equal(host[0], rows[5])
+        tier.fill_rows(host, np.array([1, 3], dtype=np.int64))
+        np.testing.assert_array_equal(host[[1, 3]], rows[[1, 2]])
+        assert (host[2] == -7).all()
+        tier.finish_lookup(host, np.arange(4, dtype=np.int64), (4,), False)
+        tier.end_lookup()
+
+    def test_moves_during_a_lookup_leave_its_output_alone(self):
+        """The output is the rows where they were when the batch began, even when the
+        planned moves overwrite their slots before it is delivered."""
+        tier, rows = self._filled("float32")
+        slots = np.array([0, 6], dtype=np.int64)
+        host = np.full((2, self.dim), -7, dtype=np.float32)
+        tier.gather(slots, host)
+        tier.fill_rows(host, np.array([0, 1], dtype=np.int64))
+        ready = tier.finish_lookup(host, np.array([0, 1], dtype=np.int64), (2,), False)
+        # the planned moves: slot 0 (device) and slot 6 (RAM) take other rows
+        demoted = tier.read(np.array([0], dtype=np.int64))
+        tier.write(np.array([6], dtype=np.int64), demoted)
+        tier.write(np.array([0], dtype=np.int64), _pattern(1, self.dim, "float32", base=500))
+        tier.end_lookup()
+        np.testing.assert_array_equal(_host(tier.deliver(ready)), rows[[0, 6]])
+        np.testing.assert_array_equal(tier.read(np.array([0, 6], dtype=np.int64)),
+                                      np.stack([_pattern(1, self.dim, "float32", base=500)[0],
+                                                rows[0]]))
+
+    def test_a_tier_without_device_rows(self):
+        tier, rows = self._filled("float32", device_rows=0, ram_rows=4)
+        _, out = self._lookup(tier, [3, 0], [1, 0], (2,))
+        np.testing.assert_array_equal(out, rows[[0, 3]])
+
+    def test_an_empty_lookup(self):
+        tier, _ = self._filled("float32")
+        _, out = self._lookup(tier, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), (0,))
+        assert out.shape == (0, self.dim)
