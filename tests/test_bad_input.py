@@ -639,6 +639,25 @@ def test_bad_create(tmp_path, kwargs, exc, match):
         ts.open(path, config=tiny())
 
 
+def test_tiers_larger_than_memory_are_refused_before_allocating(tmp_path):
+    """A configuration whose tiers cannot fit the machine's memory is a named error (also a
+    MemoryError) raised before anything is allocated or written (it was a bare numpy
+    MemoryError part way through allocating, or swapping)."""
+    from tierstore.tier_sizes import available_bytes
+
+    if available_bytes() is None:
+        pytest.skip("this system does not say how much memory is available")
+    huge = ts.StoreConfig(ram_rows=10**12)
+    path = tmp_path / "s"
+    expect(ts.TiersTooLargeError, MemoryError, "ram_rows=1000000000000", ts.create, path,
+           10**13, 64, config=huge)
+    assert_no_store(path)
+    ts.create(path, 10**13, 4).close()
+    expect(ts.TiersTooLargeError, MemoryError, "GiB is available", ts.open, path, config=huge)
+    with ts.open(path) as s:                  # the failed open released the store
+        assert s.lookup([10**13 - 1]).shape == (1, 4)
+
+
 def test_create_over_existing_store(h):
     h.close()
     size = (h.path / "data.mdb").stat().st_size

@@ -502,10 +502,18 @@ def full_disk_scenario(path, cfg, fill, free):
     with ts.open(path, readonly=True, config=cfg) as ro:  # what is on disk: the last flush, whole
         np.testing.assert_array_equal(read_all(ro), flushed)
         assert ro.check().ok
+    # a close that cannot write keeps the store open with every row (it used to drop them)
+    with pytest.raises(ts.DiskFullError):
+        s.close()
+    with pytest.raises(ts.DiskFullError):
+        with s:                                         # the end of a with block: the same
+            np.testing.assert_array_equal(s.lookup(np.arange(FULL_N)), model)
+    assert "closed" not in repr(s) and s.stats()["pending_writebacks"] == len(dirty)
+    np.testing.assert_array_equal(s.lookup(np.arange(FULL_N)), model)
     free(s)
-    s.flush()
-    assert s.stats()["pending_writebacks"] == 0
-    s.close()
+    s.close()                                           # persists them, then closes
+    with pytest.raises(ts.ClosedStoreError):
+        s.lookup([0])
     with ts.open(path, readonly=True, config=cfg) as ro:
         np.testing.assert_array_equal(read_all(ro), model)
         assert ro.check().ok

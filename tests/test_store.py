@@ -131,3 +131,46 @@ def test_partitions_keep_the_hit_ratio_and_the_rows(tmp_path):
             ratios[parts] = (stats["device"]["hit_ratio"], stats["hit_ratio"])
             assert store.check().ok
     assert abs(ratios[4][0] - ratios[1][0]) < 0.02 and abs(ratios[4][1] - ratios[1][1]) < 0.02, ratios
+
+
+def test_create_holds_one_chunk_at_a_time(tmp_path, monkeypatch):
+    """create(init=callable) validates and writes chunk by chunk: its peak memory is a few
+    chunks whatever the table's size (it used to keep every validated chunk to the end)."""
+    import tracemalloc
+
+    from tierstore import api
+
+    chunk, dim = 4096, 16
+    monkeypatch.setattr(api, "CREATE_CHUNK", chunk)
+
+    def init(a, b):
+        return np.broadcast_to(np.arange(a, b, dtype=np.float32)[:, None], (b - a, dim))
+
+    def peak_of_create(chunks):
+        tracemalloc.start()
+        try:
+            ts.create(tmp_path / f"s{chunks}", chunks * chunk, dim, "float32", init=init,
+                      config=ts.StoreConfig(device_rows=0, ram_rows=16)).close()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak_of_create(12), peak_of_create(60)
+    assert large < 1.5 * small, (small, large)
+    assert large < 60 * chunk * dim * 4 / 3, large
+    with ts.open(tmp_path / "s60", readonly=True) as s:
+        ids = np.array([0, chunk - 1, chunk, 60 * chunk - 1])
+        np.testing.assert_array_equal(s.lookup(ids)[:, -1], ids.astype(np.float32))
+        assert s._disk.stored_rows() == 60 * chunk
+
+
+def test_tiers_are_clamped_to_the_table(tmp_path):
+    """ram_rows far beyond num_rows allocates only num_rows slots (it allocated 10**8: 36 s)."""
+    with ts.create(tmp_path / "s", 1000, 64, config=ts.StoreConfig(device_rows=600,
+                                                                   ram_rows=10**8)) as s:
+        assert (s.config.device_rows, s.config.ram_rows) == (600, 400)
+        assert s.stats()["ram"]["capacity"] == 400
+        assert s._memory.nbytes() == 1000 * 64 * 2
+        s.lookup(np.arange(1000))
+        assert s.stats()["misses"] == 1000 and s.lookup(np.arange(1000)).shape == (1000, 64)
+        assert s.stats()["misses"] == 1000               # every row now in memory

@@ -10,7 +10,7 @@ from .config import StoreConfig
 from .errors import (ClosedStoreError, ConfigError, CorruptRowError, CorruptStoreError,
                      DiskFullError, FormatVersionError, IdOutOfRangeError, IdTypeError,
                      NonFiniteRowError, NotAStoreError, ReadOnlyError, RowShapeError,
-                     StoreLockedError, TierstoreError)
+                     StoreLockedError, TierstoreError, TiersTooLargeError)
 from .store import CheckReport, Store
 
 __version__ = "0.1.0"
@@ -21,4 +21,5 @@ __all__ = [
     "TierstoreError", "IdOutOfRangeError", "IdTypeError", "RowShapeError", "NonFiniteRowError",
     "ReadOnlyError", "ClosedStoreError", "ConfigError", "NotAStoreError", "FormatVersionError",
     "CorruptRowError", "CorruptStoreError", "StoreLockedError", "DiskFullError",
+    "TiersTooLargeError",
 ]

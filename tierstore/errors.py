@@ -92,3 +92,7 @@ class ShardPeerError(TierstoreError, RuntimeError):
     def __init__(self, message: str, ranks=()):
         self.ranks = [int(r) for r in ranks]
         super().__init__(message)
+
+
+class TiersTooLargeError(TierstoreError, MemoryError):
+    """The memory tiers asked for do not fit in the machine's available memory."""

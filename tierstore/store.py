@@ -17,6 +17,7 @@ from .policy import state as S
 from .policy.partitions import PartitionedState
 from .prefetch import LookupHandle, PrefetchHandle, Staging
 from .progress import progress as progress_bar
+from .tier_sizes import check_fits, fitted_config
 from .tiers.disk import DiskTier
 from .tiers.memory import HostMemory
 from .validation import as_id_array, as_rows, is_torch_tensor
@@ -76,7 +77,6 @@ class Store:
 
     def __init__(self, disk: DiskTier, config: StoreConfig):
         self._disk = disk
-        self.config = config
         self.path = disk.path
         self.num_rows = disk.meta.num_rows
         self.dim = disk.meta.dim
@@ -84,6 +84,8 @@ class Store:
         self.codec = disk.codec
         self.readonly = disk.readonly
         self._lock = threading.RLock()
+        config = self.config = fitted_config(config, self.num_rows)
+        check_fits(config, self.dim * self.dtype.itemsize, self.path)
         self._memory = _memory_for(config, self.dim, self.dtype)
         self._state = PartitionedState(config.device_rows, config.ram_rows, config.policy,
                                        config.partitions, config.sketch_width)
@@ -478,21 +480,26 @@ class Store:
 
     # -- life cycle ------------------------------------------------------------------------
     def close(self):
-        """Flush (unless read-only) and release the files. Closing twice is harmless."""
-        if self._prefetcher is not None:
-            self._prefetcher.shutdown(wait=True)  # outside the lock: the worker needs it
+        """Flush (unless read-only) and release the files. Closing twice is harmless.
+
+        A close whose flush fails (a full disk) raises and leaves the store open with
+        every row: once the cause is gone, ``flush()`` or ``close()`` persists them.
+        """
+        self._wait_ahead()
         with self._exclusive():
             if self._closed:
                 return
-            try:
-                self._flush()
-            finally:
-                self._closed = True
-                if self._planner is not None:
-                    self._planner.shutdown()
-                self._state.close()
-                self._staging.clear()
-                self._disk.close()
+            self._flush()          # raises before anything is released
+            prefetcher, self._prefetcher = self._prefetcher, None
+            self._closed = True    # a prefetch still queued finds the store closed
+        if prefetcher is not None:
+            prefetcher.shutdown(wait=True)  # outside the lock: the worker needs it
+        with self._exclusive():
+            if self._planner is not None:
+                self._planner.shutdown()
+            self._state.close()
+            self._staging.clear()
+            self._disk.close()
 
     def __enter__(self):
         return self
