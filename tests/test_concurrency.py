@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import crash_tool
@@ -51,7 +52,7 @@ WRITER = '''
 import json, os, sys, time
 from pathlib import Path
 import tierstore as ts
-path, work, seconds, seed = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+path, work, seed, readers = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 store = ts.open(path, config=ts.StoreConfig(device_rows=4, ram_rows=28, map_size=1 << 20))
 n = store.num_rows
 map0 = store.disk.env.info()["map_size"]
@@ -62,10 +63,26 @@ def publish(name, array):
     np.save(work / (name + ".tmp.npy"), array)
     os.replace(work / (name + ".tmp.npy"), work / (name + ".npy"))
 
+def rounds_done():
+    """Rounds each reader has finished, as it reported them (they count events, not time)."""
+    counts = []
+    for f in work.glob("rounds-*"):
+        try:
+            counts.append(int(f.read_text() or 0))
+        except (OSError, ValueError):
+            counts.append(0)
+    return counts
+
+def enough():
+    """What the test needs to have happened: flushes, a grown map, readers' rounds (each
+    alternates refresh and reopen: 4 rounds are 2 of each) all seen while writing."""
+    counts = rounds_done()
+    return (flushes >= 10 and store._disk.env.info()["map_size"] > map0
+            and len(counts) == readers and min(counts) >= 4)
+
 (work / "writer-ready").touch()
 version, flushes = 0, 0
-end = time.monotonic() + seconds
-while time.monotonic() < end:
+while not (version % 4 == 0 and enough()):
     version += 1
     ids = np.concatenate([rng.integers(0, 64, 16), rng.integers(0, n, 48)])
     store.update(ids, pattern(ids, version))
@@ -86,7 +103,7 @@ print(json.dumps(stats))
 '''
 
 READER = '''
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 import tierstore as ts
 path, work, seed = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
@@ -133,6 +150,8 @@ while not (work / "done").exists():
         stats["reopens"] += 1
     check_all(store, minimum)
     assert store.check().ok
+    (work / f"rounds-{seed}.tmp").write_text(str(stats["rounds"]))
+    os.replace(work / f"rounds-{seed}.tmp", work / f"rounds-{seed}")
 store.refresh()
 final = np.load(work / "final.npy")
 ids = np.arange(store.num_rows)
@@ -145,12 +164,15 @@ print(json.dumps(stats))
 
 def test_readers_beside_a_writer(tmp_path):
     """Three reader processes look up while a writer updates and flushes: never a torn row;
-    after refresh() or a reopen, every flushed update is seen; a second writer is refused."""
+    after refresh() or a reopen, every flushed update is seen; a second writer is refused.
+    The writer goes on until each reader reports 4 rounds (2 refreshes, 2 reopens) and it
+    has flushed 10 times and grown the map: events counted, not seconds (a fixed 6 s was
+    too short for the readers on a busy 2-core machine about half the time)."""
     path, work = tmp_path / "store", tmp_path / "work"
     work.mkdir()
     num_rows = 20_000
     make_store(path, num_rows, device_rows=4, ram_rows=28).close()
-    writer = python(WRITER, path, work, 6.0, 1)
+    writer = python(WRITER, path, work, 1, 3)
     readers = [python(READER, path, work, 10 + k) for k in range(3)]
     try:
         while not (work / "writer-ready").exists():
@@ -158,6 +180,12 @@ def test_readers_beside_a_writer(tmp_path):
             threading.Event().wait(0.05)
         with pytest.raises(ts.StoreLockedError, match="another writer"):
             ts.open(path)
+        hang_guard = time.monotonic() + 600
+        while writer.poll() is None:       # a reader that fails would keep the writer waiting
+            for r in readers:
+                assert r.poll() in (None, 0), r.communicate()
+            assert time.monotonic() < hang_guard, "the writer never saw the readers' rounds"
+            threading.Event().wait(0.05)
         out, err = writer.communicate(timeout=120)
         assert writer.returncode == 0, err
         wstats = json.loads(out)

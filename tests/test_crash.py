@@ -98,3 +98,48 @@ def test_kill_during_create_leaves_no_half_store(tmp_path):
             with ts.create(path, 100, 4, overwrite=True) as s:
                 assert s.lookup([5]).shape == (1, 4)
     assert "no store" in outcomes and outcomes[-1] == "complete", outcomes
+
+
+UPDATE_THEN_DIE = '''
+import os, signal, sys
+import tierstore as ts
+path, how = sys.argv[1], sys.argv[2]
+store = ts.create(path, 64, DIM, "float64", init=lambda a, b: pattern(np.arange(a, b), 0),
+                  config=ts.StoreConfig(device_rows=2, ram_rows=6, policy="lru"))
+store.lookup(np.arange(8))                       # rows 0-7 in memory, 8-63 only on disk
+if how == "inside":                              # die inside update(), after its disk write
+    write_rows = store._disk.write_rows
+    def write_then_die(ids, rows):
+        write_rows(ids, rows)
+        os.kill(os.getpid(), signal.SIGKILL)
+    store._disk.write_rows = write_then_die
+store.update(np.arange(64), pattern(np.arange(64), 1))
+if how == "flushed":
+    store.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+@pytest.mark.parametrize("how", ["inside", "after", "flushed"])
+def test_what_one_update_promises_when_the_process_dies(tmp_path, how):
+    """README: until flush(), each row of an update() is whole on disk, old or new, never torn;
+    rows only on disk are written by the call itself, rows in memory wait for eviction or
+    flush(), so one call can be split. flush() is the durability point."""
+    import subprocess
+    import textwrap
+
+    from test_concurrency import PATTERN_SRC, child_env
+
+    path = tmp_path / "s"
+    done = subprocess.run([sys.executable, "-c", PATTERN_SRC + textwrap.dedent(UPDATE_THEN_DIE),
+                           str(path), how], capture_output=True, text=True, env=child_env(),
+                          timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    with ts.open(path, readonly=True) as s:
+        versions, torn = ct.read_versions(np.arange(64), s.lookup(np.arange(64)))
+        assert s.check().ok
+    assert not torn.any()
+    if how == "flushed":
+        assert (versions == 1).all()
+    else:
+        assert (versions[:8] == 0).all() and (versions[8:] == 1).all(), versions

@@ -371,6 +371,14 @@ def test_any_nonfinite_row(data, dtype):
     assert batch.any_nonfinite_row(rows) == naive.any_nonfinite_row(rows)
 
 
+@jit_settings
+@given(data=st.data())
+def test_any_nonfinite_half_row(data):
+    rows = data.draw(hnp.arrays(np.float16, st.tuples(st.integers(0, 8), st.integers(0, 6)),
+                                elements=st.floats(width=16)))
+    assert batch.any_nonfinite_half_row(rows.view(np.uint16)) == naive.any_nonfinite_row(rows)
+
+
 def test_any_nonfinite_row_examples():
     rows = np.zeros((4, 3), dtype=np.float32)
     assert batch.any_nonfinite_row(rows) == -1
@@ -421,6 +429,18 @@ def test_crc32_update_matches_zlib(data, crc, cut):
     assert int(codec.crc32_update(first, buf, cut, n)) == zlib.crc32(data, crc)
     # a window in the middle
     assert int(codec.crc32_update(0, buf, cut // 2, cut)) == zlib.crc32(data[cut // 2:cut])
+
+
+@jit_settings
+@given(first=st.integers(0, 2**40), rows=st.integers(0, 6), width=st.integers(0, 40),
+       seed=st.integers(0, 2**32 - 1))
+def test_frame_rows(first, rows, width, seed):
+    payloads = np.random.default_rng(seed).integers(0, 256, (rows, width), dtype=np.uint8)
+    keybuf = np.arange(first, first + rows, dtype=np.int64).astype(">u8").view(np.uint8)
+    out = np.empty((rows, width + 4), dtype=np.uint8)
+    codec.frame_rows(keybuf, payloads, out)
+    for i in range(rows):
+        assert out[i].tobytes() == naive.frame(first + i, payloads[i].tobytes())
 
 
 frame_specs = st.lists(

@@ -8,8 +8,10 @@ import numpy as np
 
 from .config import DTYPES, StoreConfig
 from .errors import ConfigError, NonFiniteRowError, RowShapeError
+from .build import StoreBuild, recover
 from .salvage import SalvageReport, salvage  # noqa: F401  (tierstore.api.salvage)
 from .store import CREATE_CHUNK, Store
+from .tier_sizes import check_fits, fitted_config
 from .tiers.disk import DiskTier
 from .tiers.format import StoreMeta
 from .validation import as_rows
@@ -32,6 +34,7 @@ def create(path, num_rows: int, dim: int, dtype="float16", init=None,
     path = Path(path)
     if (path / "data.mdb").exists() and not overwrite:
         raise FileExistsError(f"{path}: a store already exists; pass overwrite=True to replace it")
+    check_fits(fitted_config(config, num_rows), dim * dtype.itemsize, path)
     chunks = _init_chunks(init, num_rows, dim, dtype, config)
     codec = config.codec_obj
     if codec.needs_training():
@@ -43,17 +46,19 @@ def create(path, num_rows: int, dim: int, dtype="float16", init=None,
     meta = StoreMeta(num_rows=num_rows, dim=dim, dtype=dtype.name, codec=codec.get_config(),
                      init={"kind": "stored"} if chunks is not None else
                      {"kind": "constant", "value": constant})
-    disk = DiskTier.create(path, meta, getattr(codec, "dictionary", None),
-                           map_size=config.map_size, max_map_size=config.max_map_size,
-                           overwrite=overwrite)
+    build = StoreBuild(path, meta, getattr(codec, "dictionary", None), map_size=config.map_size,
+                       max_map_size=config.max_map_size, overwrite=overwrite)
     try:
-        for start, rows in chunks or ():
-            disk.write_rows(np.arange(start, start + len(rows), dtype=np.int64), rows)
-        disk.commit_meta()
+        build.append_chunks(chunks or ())
     except BaseException:
-        disk.destroy()
+        build.abort()
         raise
-    return Store(disk, config)
+    disk = build.finish(reopen=True)
+    try:
+        return Store(disk, config)
+    except BaseException:
+        disk.close()
+        raise
 
 
 def open(path, config: StoreConfig | None = None, readonly: bool = False, *,
@@ -62,6 +67,7 @@ def open(path, config: StoreConfig | None = None, readonly: bool = False, *,
     config = StoreConfig() if config is None else config
     if not isinstance(config, StoreConfig):
         raise ConfigError(f"config must be a StoreConfig, got {type(config).__name__}")
+    recover(path)
     disk = DiskTier(path, readonly=readonly, map_size=config.map_size,
                     max_map_size=config.max_map_size)
     try:
@@ -116,17 +122,19 @@ def _init_chunks(init, num_rows, dim, dtype, config):
             return array[start:stop]
     else:
         raise ConfigError(f"init must be None, a number, an array or a callable, got {type(init).__name__}")
-    # validate everything before the store exists, so a bad init leaves nothing behind
-    checked = []
+    return _checked_chunks(source, num_rows, dim, dtype, config.allow_nonfinite)
+
+
+def _checked_chunks(source, num_rows, dim, dtype, allow_nonfinite):
+    """Each chunk validated as it is written: a bad one aborts the build, which leaves
+    nothing behind, and only one chunk is held at a time."""
     for start in range(0, num_rows, CREATE_CHUNK):
         stop = min(start + CREATE_CHUNK, num_rows)
-        rows = as_rows(source(start, stop), (stop - start, dim), dtype, config.allow_nonfinite,
-                       what=f"init rows {start}:{stop}", row_ids=start)
-        checked.append((start, rows))
-    return checked
+        yield start, as_rows(source(start, stop), (stop - start, dim), dtype, allow_nonfinite,
+                             what=f"init rows {start}:{stop}", row_ids=start)
 
 
 def _training_sample(init, num_rows, dim, dtype, config):
-    chunks = _init_chunks(init, min(num_rows, TRAIN_SAMPLE_ROWS), dim, dtype, config) \
+    chunks = list(_init_chunks(init, min(num_rows, TRAIN_SAMPLE_ROWS), dim, dtype, config)) \
         if callable(init) else [(0, np.asarray(init)[:TRAIN_SAMPLE_ROWS])]
     return np.concatenate([rows for _, rows in chunks]).astype(dtype)

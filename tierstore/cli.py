@@ -483,10 +483,18 @@ def main(argv=None) -> int:
         return 0
     except (TierstoreError, OSError) as exc:
         print(f"tierstore {args.command}: {_in_flags(str(exc))}", file=sys.stderr)
+        _print_notes(args.command, exc)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"tierstore {args.command}: interrupted", file=sys.stderr)
+        _print_notes(args.command, exc)
         return 130
+
+
+def _print_notes(command: str, exc: BaseException):
+    """What the command adds to an error (``import --start``: how many rows it wrote)."""
+    for note in getattr(exc, "__notes__", ()):
+        print(f"tierstore {command}: {note}", file=sys.stderr)
 
 
 if __name__ == "__main__":

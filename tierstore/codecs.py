@@ -37,6 +37,11 @@ class Codec(ABC):
         Returns a bool array, False where a payload is malformed.
         """
 
+    def encode_fixed(self, rows: np.ndarray) -> np.ndarray | None:
+        """The payloads of ``rows`` as one ``(n, width)`` uint8 array when every payload
+        has the same width (bulk loading frames them in one pass), else None."""
+        return None
+
     def get_config(self) -> dict:
         return {"id": self.codec_id}
 
@@ -59,6 +64,9 @@ class RawCodec(Codec):
         width = raw.shape[1] * raw.dtype.itemsize
         flat = raw.view(np.uint8).reshape(-1)
         return [flat[i * width:(i + 1) * width].tobytes() for i in range(len(raw))]
+
+    def encode_fixed(self, rows):
+        return _bytes(np.ascontiguousarray(rows))
 
     def decode(self, buf, starts, stops, out):
         ok = np.empty(len(out), dtype=np.bool_)
@@ -154,13 +162,15 @@ class Int8Codec(Codec):
         return np.where(step.astype(np.float64) > exact, np.nextafter(step, np.float32(0)), step)
 
     def encode(self, rows):
+        return [bytes(row) for row in self.encode_fixed(rows)]
+
+    def encode_fixed(self, rows):
         values = rows.astype(np.float32)
         scale = self._scales(values)
         safe = np.where(scale > 0, scale, np.float32(1.0))
         with np.errstate(over="ignore"):
             quant = np.clip(np.rint(values / safe[:, None]), -127, 127).astype(np.int8)
-        packed = np.concatenate([scale.view(np.uint8).reshape(-1, 4), quant.view(np.uint8)], axis=1)
-        return [bytes(row) for row in packed]
+        return np.concatenate([scale.view(np.uint8).reshape(-1, 4), quant.view(np.uint8)], axis=1)
 
     def decode(self, buf, starts, stops, out):
         ok = np.empty(len(out), dtype=np.bool_)

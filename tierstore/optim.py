@@ -17,8 +17,9 @@ written, so an update costs in proportion to the batch, not the table.
   state scales with the table and pages through the same three tiers. A
   sibling store is created on first use with every accumulator at
   ``initial_accumulator_value`` (a constant init writes nothing), and reopened
-  when it exists: state survives a restart. Pass ``reset_state=True`` (or
-  delete the sibling folder) when the table itself was created afresh.
+  when it exists: state survives a restart. Replacing the table (``create``,
+  ``import`` or ``salvage`` with overwrite) deletes the default sibling with it; with
+  a ``state_path`` of your own, pass ``reset_state=True`` when the table was created afresh.
 
 Both work on torch tensors (torch is imported on first use); ``apply`` takes
 unique row ids (numpy int64), the rows as they were read and their summed
@@ -35,6 +36,10 @@ import numpy as np
 from .tiers._torch import torch_module
 
 __all__ = ["RowAdagrad", "RowOptimizer", "RowSGD", "default_state_config", "optimizer_from_config"]
+
+# the default sibling of a table that holds its optimizer state; replacing the table
+# (create/import/salvage with overwrite) replaces this too
+STATE_SUFFIX = ".adagrad"
 
 
 def _check_number(name, value, minimum=0.0, strict=False):
@@ -122,7 +127,7 @@ class RowAdagrad(RowOptimizer):
             return
         from . import api
 
-        path = self.state_path or Path(f"{store.path}.adagrad")
+        path = self.state_path or Path(f"{store.path}{STATE_SUFFIX}")
         config = self.state_config or default_state_config(store)
         if (path / "data.mdb").exists() and not self.reset_state:
             state = api.open(path, config, readonly=store.readonly)

@@ -34,6 +34,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
+from .build import StoreBuild
 from .config import DTYPES
 from .errors import (ConfigError, CorruptRowError, CorruptStoreError, FormatVersionError,
                      NotAStoreError, StoreLockedError)
@@ -118,15 +119,14 @@ def salvage(src, dst, *, overwrite: bool = False, num_rows: int | None = None,
             report = SalvageReport(str(src), str(dst), meta.num_rows)
             if truncated:
                 report.problems.append(truncated)
-            out = DiskTier.create(dst, meta, dictionary, map_size=_dest_map_size(src),
-                                  max_map_size=None, overwrite=overwrite)
+            build = StoreBuild(dst, meta, dictionary, map_size=_dest_map_size(src),
+                               max_map_size=None, overwrite=overwrite)
             try:
-                _copy_rows(env, out, meta.num_rows, report)
-                out.commit_meta()
+                _copy_rows(env, build.disk, meta.num_rows, report)
             except BaseException:
-                out.destroy()
+                build.abort()
                 raise
-            out.close()
+            build.finish()
             return report
         finally:
             env.close()

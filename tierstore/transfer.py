@@ -188,7 +188,7 @@ def import_table(src: ArraySource, path, *, dtype=None, codec="raw", overwrite: 
         raise ConfigError(f"chunk_rows must be at least 1, got {chunk_rows}")
     if start is not None:
         return _import_into(src, path, start, chunk_rows, progress)
-    from .tiers.disk import DiskTier
+    from .build import StoreBuild
     from .tiers.format import StoreMeta
     from .validation import as_rows
 
@@ -208,20 +208,23 @@ def import_table(src: ArraySource, path, *, dtype=None, codec="raw", overwrite: 
     meta = StoreMeta(num_rows=src.num_rows, dim=src.dim, dtype=dt.name,
                      codec=codec_obj.get_config(), init={"kind": "stored"})
     t0 = time.perf_counter()
-    disk = DiskTier.create(path, meta, getattr(codec_obj, "dictionary", None),
-                           map_size=config.map_size, max_map_size=config.max_map_size,
-                           overwrite=overwrite)
+
+    def chunks():
+        for a in range(0, src.num_rows, chunk_rows):
+            b = min(a + chunk_rows, src.num_rows)
+            yield a, chunk(a, b)
+            bar.update(b - a)
+
+    build = StoreBuild(path, meta, getattr(codec_obj, "dictionary", None),
+                       map_size=config.map_size, max_map_size=config.max_map_size,
+                       overwrite=overwrite)
     try:
         with progress_bar(src.num_rows, f"import {src.path.name}", enabled=progress) as bar:
-            for a in range(0, src.num_rows, chunk_rows):
-                b = min(a + chunk_rows, src.num_rows)
-                disk.write_rows(np.arange(a, b, dtype=np.int64), chunk(a, b))
-                bar.update(b - a)
-        disk.commit_meta()
+            build.append_chunks(chunks())
     except BaseException:
-        disk.destroy()
+        build.abort()
         raise
-    disk.close()
+    build.finish()
     return {"path": str(path), "source": what, "rows": src.num_rows, "dim": src.dim,
             "dtype": dt.name, "codec": codec_obj.get_config(),
             "seconds": time.perf_counter() - t0}
@@ -238,16 +241,24 @@ def _import_into(src: ArraySource, path, start: int, chunk_rows: int, progress: 
         if start < 0 or start + src.num_rows > store.num_rows:
             raise ConfigError(f"rows {start}..{start + src.num_rows} do not fit in the store's "
                               f"{store.num_rows} rows")
-        with progress_bar(src.num_rows, f"import {src.path.name}", enabled=progress) as bar:
-            for a in range(0, src.num_rows, chunk_rows):
-                b = min(a + chunk_rows, src.num_rows)
-                with np.errstate(over="ignore"):
-                    rows = np.asarray(src.rows(a, b)).astype(store.dtype)
-                try:
-                    store.update(np.arange(start + a, start + b, dtype=np.int64), rows)
-                except NonFiniteRowError as exc:
-                    raise NonFiniteRowError(f"{src.path} rows {a}:{b}: {exc}") from None
-                bar.update(b - a)
+        written = 0
+        try:
+            with progress_bar(src.num_rows, f"import {src.path.name}", enabled=progress) as bar:
+                for a in range(0, src.num_rows, chunk_rows):
+                    b = min(a + chunk_rows, src.num_rows)
+                    with np.errstate(over="ignore"):
+                        rows = np.asarray(src.rows(a, b)).astype(store.dtype)
+                    try:
+                        store.update(np.arange(start + a, start + b, dtype=np.int64), rows)
+                    except NonFiniteRowError as exc:
+                        raise NonFiniteRowError(f"{src.path} rows {a}:{b}: {exc}") from None
+                    written = b
+                    bar.update(b - a)
+        except BaseException as exc:
+            exc.add_note(f"{written:,} of the {src.num_rows:,} rows were written before this "
+                         + (f"(store rows {start:,}..{start + written - 1:,}; they are kept)"
+                            if written else "(the store is unchanged)"))
+            raise
         dtype = store.dtype.name
     return {"path": str(path), "source": src.description, "rows": src.num_rows, "dim": src.dim,
             "dtype": dtype, "start": start, "seconds": time.perf_counter() - t0}

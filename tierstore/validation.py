@@ -6,7 +6,7 @@ import numbers
 import numpy as np
 
 from .errors import IdOutOfRangeError, IdTypeError, NonFiniteRowError, RowShapeError
-from .kernels.batch import any_nonfinite_row, first_out_of_range
+from .kernels.batch import any_nonfinite_half_row, any_nonfinite_row, first_out_of_range
 
 
 def is_torch_tensor(x) -> bool:
@@ -82,8 +82,8 @@ def as_rows(rows, shape: tuple, dtype: np.dtype, allow_nonfinite: bool, what: st
         cast = np.ascontiguousarray(arr, dtype=dtype)
     if not allow_nonfinite and cast.size:
         flat = cast.reshape(-1, shape[-1])
-        probe = flat if flat.dtype != np.float16 else flat.astype(np.float32)
-        bad = any_nonfinite_row(probe)
+        bad = any_nonfinite_half_row(flat.view(np.uint16)) if flat.dtype == np.float16 \
+            else any_nonfinite_row(flat)
         if bad >= 0:
             where = "" if arr.dtype == cast.dtype else f" (after casting {arr.dtype} to {dtype})"
             raise NonFiniteRowError(

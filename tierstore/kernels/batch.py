@@ -72,6 +72,17 @@ def any_nonfinite_row(rows):
 
 
 @njit(nogil=True, cache=True)
+def any_nonfinite_half_row(bits):
+    """``any_nonfinite_row`` for float16 rows given as their uint16 bits: NaN and Inf are
+    the values whose five exponent bits are all ones (no conversion to float32)."""
+    for i in range(bits.shape[0]):
+        for j in range(bits.shape[1]):
+            if bits[i, j] & np.uint16(0x7C00) == np.uint16(0x7C00):
+                return i
+    return -1
+
+
+@njit(nogil=True, cache=True)
 def gather_tiered(device, ram, device_rows, slots, out):
     """``out[k]`` = the row in physical slot ``slots[k]`` (left alone where -1).
 

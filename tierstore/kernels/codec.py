@@ -86,3 +86,19 @@ def decode_int8_rows(buf, starts, stops, out, ok):
         for j in range(dim):
             out[i, j] = np.float32(q[j]) * scale
         ok[i] = True
+
+
+@njit(nogil=True, cache=True)
+def frame_rows(keybuf, payloads, out):
+    """Frame fixed-width payloads: ``out[i]`` = ``payloads[i]`` + CRC-32 of (key i, payload),
+    little-endian, where key ``i`` is ``keybuf[8*i:8*i+8]`` (the bulk-load path)."""
+    width = payloads.shape[1]
+    for i in range(payloads.shape[0]):
+        c = crc32_update(0, keybuf, 8 * i, 8 * i + 8)
+        row = payloads[i]
+        c = crc32_update(c, row, 0, width)
+        out[i, :width] = row
+        out[i, width] = np.uint8(c & np.uint32(0xFF))
+        out[i, width + 1] = np.uint8((c >> np.uint32(8)) & np.uint32(0xFF))
+        out[i, width + 2] = np.uint8((c >> np.uint32(16)) & np.uint32(0xFF))
+        out[i, width + 3] = np.uint8(c >> np.uint32(24))

@@ -13,6 +13,7 @@ import fcntl
 import os
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
@@ -21,7 +22,7 @@ import numpy as np
 from ..codecs import Codec, get_codec
 from ..errors import (ConfigError, CorruptRowError, CorruptStoreError, DiskFullError,
                       NotAStoreError, StoreLockedError)
-from ..kernels.codec import verify_frames
+from ..kernels.codec import frame_rows, verify_frames
 from .format import DICT_KEY, META_DB, META_KEY, ROWS_DB, StoreMeta, frame, row_keys, unframe_record
 
 LOCK_FILE = "writer.lock"
@@ -92,10 +93,19 @@ def _acquire_env(path: Path, map_size: int, readonly: bool, create: bool):
                     "close those handles before opening it for writing")
             entry[2] += 1
             return entry[0], entry[3]
+        # a store being built commits without fsync: it is synced once, by commit_meta,
+        # before anything can find it
         env = lmdb.open(str(path), map_size=map_size, max_dbs=2, readonly=readonly,
-                        readahead=False, meminit=False, create=create, lock=True)
+                        readahead=False, meminit=False, create=create, lock=True,
+                        sync=not create)
         _ENVS[key] = [env, readonly, 1, MapGuard()]
         return env, _ENVS[key][3]
+
+
+def open_in_process(path) -> bool:
+    """Whether this process has the store at ``path`` open (any mode)."""
+    with _ENVS_LOCK:
+        return os.path.realpath(path) in _ENVS
 
 
 def _release_env(path: Path):
@@ -110,6 +120,27 @@ def _release_env(path: Path):
             del _ENVS[key]
 
 
+@dataclass(frozen=True)
+class FramedRows:
+    """Consecutive rows ready to append: their keys, and their framed values (one bytes
+    object of ``width``-byte values, or a list of values of varying length)."""
+
+    first_id: int
+    count: int
+    keys: bytes
+    values: bytes | list
+    width: int
+    nbytes: int
+
+    def items(self):
+        """(key, value) pairs, made afresh on each call (a write retried after the map grew)."""
+        keys, values, width = self.keys, self.values, self.width
+        if width:
+            return ((keys[8 * i:8 * i + 8], values[width * i:width * (i + 1)])
+                    for i in range(self.count))
+        return ((keys[8 * i:8 * i + 8], v) for i, v in enumerate(values))
+
+
 class DiskTier:
     """An open LMDB environment holding one store's rows and metadata.
 
@@ -119,19 +150,20 @@ class DiskTier:
     """
 
     def __init__(self, path, *, readonly: bool, map_size: int, max_map_size: int | None,
-                 _create: tuple | None = None):
+                 _create: tuple | None = None, lock_fd: int | None = None):
+        """``lock_fd``: the store's writer lock, already taken (a build hands it over)."""
         self.path = Path(path)
         self.readonly = readonly
         self.max_map_size = max_map_size
         self.env = None
         self._guard = None
-        self._lock_fd = None
+        self._lock_fd = lock_fd
         self.bytes_read = 0
         self.bytes_written = 0
         try:
             if _create is None:
                 self._check_files()
-            if not readonly:
+            if not readonly and self._lock_fd is None:
                 self._take_writer_lock()
             if _create is not None:
                 self._clear_for_create(overwrite=_create[2])
@@ -362,6 +394,41 @@ class DiskTier:
                 put(key, value, db=self.rows_db)
                 written += len(value)
         self.bytes_written += written
+
+    def append_rows(self, first_id: int, rows: np.ndarray):
+        """Store ``rows`` as rows ``first_id, first_id + 1, ...`` of a store being built, in
+        one transaction; their keys must follow every key stored so far."""
+        self.append_framed(self.frame_for_append(first_id, rows))
+
+    def frame_for_append(self, first_id: int, rows: np.ndarray) -> "FramedRows":
+        """Encode and frame rows ``first_id, ...`` for :meth:`append_framed` (no LMDB access:
+        a bulk load frames the next chunk on a thread while this one is written).
+        Fixed-width payloads are framed in one pass, with no per-row Python work."""
+        n = len(rows)
+        keybuf = np.arange(first_id, first_id + n, dtype=np.int64).astype(">u8").view(np.uint8)
+        keys = keybuf.tobytes()
+        payloads = self.codec.encode_fixed(rows)
+        if payloads is None:
+            values = [frame(keys[8 * i:8 * i + 8], p) for i, p in enumerate(self.codec.encode(rows))]
+            return FramedRows(first_id, n, keys, values, 0, sum(map(len, values)))
+        framed = np.empty((n, payloads.shape[1] + 4), dtype=np.uint8)
+        frame_rows(keybuf, payloads, framed)
+        return FramedRows(first_id, n, keys, framed.tobytes(), framed.shape[1], framed.size)
+
+    def append_framed(self, framed: "FramedRows"):
+        """Write rows framed by :meth:`frame_for_append` in one transaction, appended after
+        the last stored key (LMDB fills its last page: no search, no page splits)."""
+        if framed.count == 0:
+            return
+
+        def put(txn):
+            added = txn.cursor(self.rows_db).putmulti(framed.items(), append=True)[1]
+            if added != framed.count:
+                raise CorruptStoreError(
+                    f"{self.path}: rows {framed.first_id}.. do not follow the stored keys: "
+                    f"{framed.count - added} of {framed.count} could not be appended")
+        self.write(put)
+        self.bytes_written += framed.nbytes
 
     def write_rows(self, ids: np.ndarray, rows: np.ndarray):
         """Durably store ``rows`` under ``ids`` in one transaction."""
