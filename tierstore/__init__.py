@@ -10,16 +10,18 @@ from .config import StoreConfig
 from .errors import (ClosedStoreError, ConfigError, CorruptRowError, CorruptStoreError,
                      DiskFullError, FormatVersionError, IdOutOfRangeError, IdTypeError,
                      NonFiniteRowError, NotAStoreError, ReadOnlyError, RowShapeError,
-                     StoreLockedError, TierstoreError, TiersTooLargeError)
+                     ShardMismatchError, ShardOpenError, ShardPeerError, StoreLockedError,
+                     TierstoreError, TiersTooLargeError)
 from .store import CheckReport, Store
+from .table_store import TableStore
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "create", "open", "salvage", "Store", "StoreConfig", "CheckReport",
+    "create", "open", "salvage", "Store", "StoreConfig", "CheckReport", "TableStore",
     "Codec", "RawCodec", "ZstdCodec", "Int8Codec", "get_codec",
     "TierstoreError", "IdOutOfRangeError", "IdTypeError", "RowShapeError", "NonFiniteRowError",
     "ReadOnlyError", "ClosedStoreError", "ConfigError", "NotAStoreError", "FormatVersionError",
     "CorruptRowError", "CorruptStoreError", "StoreLockedError", "DiskFullError",
-    "TiersTooLargeError",
+    "TiersTooLargeError", "ShardOpenError", "ShardMismatchError", "ShardPeerError",
 ]

@@ -75,6 +75,7 @@ from .errors import (
 from .kernels.batch import dedupe, dedupe_last
 from .prefetch import PrefetchHandle
 from .store import CREATE_CHUNK, CheckReport, Store
+from .table_store import TableStore
 from .tiers.format import SHARD_KEY, ShardMeta
 from .validation import as_id_array, as_rows, is_torch_tensor
 
@@ -433,7 +434,7 @@ def _torch_dtype(np_dtype):
 
 
 # -- the store -------------------------------------------------------------------------------
-class ShardedStore:
+class ShardedStore(TableStore):
     """A table whose rows are sharded over a process group, each shard a tiered Store.
 
     Use :func:`create_sharded` or :func:`open_sharded`. The methods mirror
@@ -606,10 +607,11 @@ class ShardedStore:
                 error = exc
             self._raise_if_any_failed(error, "update")
 
-    def apply_gradients(self, ids, grads, optimizer) -> int:
+    def apply_gradients(self, ids, grads, optimizer, rows=None) -> int:
         """Train rows: each owner sums every rank's gradients of its rows, applies the row
         optimizer to its current rows and stores them. Collective (call it with ``ids=None``
         when this rank has no gradients). Returns the rows this rank's shard wrote.
+        ``rows`` (the rows as this rank read them) is not used: the owners read their own.
 
         ``ids``: unique global ids (int64), ``grads``: their gradients (torch, ``(n, dim)``).
         :meth:`tierstore.torch.TieredEmbedding.step` calls this for a sharded store: rows
@@ -748,12 +750,6 @@ class ShardedStore:
                 error = exc
             self._closed = True
             self._raise_if_any_failed(error, "close")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         state = "closed" if self._closed else ("read-only" if self.readonly else "open")

@@ -17,6 +17,7 @@ from .policy import state as S
 from .policy.partitions import PartitionedState
 from .prefetch import LookupHandle, PrefetchHandle, Staging
 from .progress import progress as progress_bar
+from .table_store import TableStore
 from .tier_sizes import check_fits, fitted_config
 from .tiers.disk import DiskTier
 from .tiers.memory import HostMemory
@@ -64,7 +65,7 @@ def _id_ranges(ids) -> str:
     return ", ".join(parts)
 
 
-class Store:
+class Store(TableStore):
     """``num_rows x dim`` rows: hot ones on the device, warm ones in RAM, all on disk.
 
     Use :func:`tierstore.create` or :func:`tierstore.open` rather than this
@@ -346,6 +347,22 @@ class Store:
             for handle in list(self._ahead):
                 handle.note_update(uniq)
 
+    def apply_gradients(self, ids, grads, optimizer, rows=None) -> int:
+        """Train the rows of ``ids`` (unique): ``optimizer.apply(ids, rows, grads)`` gives
+        their new rows, which are stored; then ``optimizer.commit()``. ``rows``: the rows as
+        the caller read them (``None``: read them now). Returns the rows written."""
+        if ids is None or not len(ids):
+            return 0
+        id_array = as_id_array(ids, self.num_rows).reshape(-1)
+        if rows is None:
+            from .tiers._torch import torch_module
+
+            rows = self.lookup(torch_module().from_numpy(id_array)).to(grads.device, grads.dtype)
+        new_rows = optimizer.apply(id_array, rows, grads)
+        self.update(id_array, new_rows)
+        optimizer.commit()
+        return len(id_array)
+
     def flush(self):
         """Write every dirty row in one transaction; after it returns, a crash loses nothing."""
         self._wait_ahead()
@@ -500,12 +517,6 @@ class Store:
             self._state.close()
             self._staging.clear()
             self._disk.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         state = "closed" if self._closed else ("read-only" if self.readonly else "open")

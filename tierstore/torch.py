@@ -234,19 +234,9 @@ class TieredEmbedding(nn.Module):
                                "or RowAdagrad(...)")
         try:
             found = self.row_gradients()
-            if hasattr(self.store, "apply_gradients"):
-                # a tierstore.distributed.ShardedStore: a collective every rank joins, even
-                # one without gradients; each row's owner sums all ranks' gradients
-                ids, _, grads = (None, None, None) if found is None else found
-                return self.store.apply_gradients(ids, grads, self.optimizer)
-            if found is None or not len(found[0]):
-                return 0
-            uniq, rows, grads = found
-            ids = uniq.numpy()
-            new_rows = self.optimizer.apply(ids, rows, grads)
-            self.store.update(ids, new_rows)
-            self.optimizer.commit()
-            return len(ids)
+            ids, rows, grads = (None, None, None) if found is None else found
+            # on a sharded store, a collective every rank joins, even one without gradients
+            return self.store.apply_gradients(ids, grads, self.optimizer, rows=rows)
         finally:
             self._records = []
 

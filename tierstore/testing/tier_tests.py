@@ -138,3 +138,108 @@ class MemoryTierTests:
         tier, _ = self._filled("float32")
         _, out = self._lookup(tier, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), (0,))
         assert out.shape == (0, self.dim)
+
+
+class TableStoreTests:
+    """The TableStore contract, run against ``make_store``: a writable store of
+    ``num_rows x dim`` rows of ``dtype`` whose row ``k`` starts as ``init[k]``."""
+
+    num_rows = 40
+    dim = 4
+    dtype = "float32"
+
+    def make_store(self, path, num_rows: int, dim: int, dtype, init):
+        raise NotImplementedError("a TableStoreTests subclass gives make_store")
+
+    def _store(self, tmp_path):
+        init = _pattern(self.num_rows, self.dim, self.dtype)
+        return self.make_store(tmp_path / "table", self.num_rows, self.dim, self.dtype, init), init
+
+    def test_declares_the_contract(self, tmp_path):
+        from tierstore.table_store import TableStore
+
+        store, _ = self._store(tmp_path)
+        with store:
+            assert isinstance(store, TableStore)
+            assert (store.num_rows, store.dim, np.dtype(store.dtype)) == (self.num_rows, self.dim,
+                                                                           np.dtype(self.dtype))
+            assert not store.readonly and not store.closed
+
+    def test_lookup_gives_the_rows_in_the_ids_shape(self, tmp_path):
+        store, init = self._store(tmp_path)
+        with store:
+            ids = np.array([[3, 0, 3], [39, 7, 1]])
+            out = store.lookup(ids)
+            assert isinstance(out, np.ndarray) and out.shape == (2, 3, self.dim)
+            np.testing.assert_array_equal(out, init[ids])
+            assert store.stats()["lookups"] >= len(np.unique(ids))   # sharded: unique ids count
+
+    def test_torch_ids_give_torch_rows(self, tmp_path):
+        torch = pytest.importorskip("torch")
+        store, init = self._store(tmp_path)
+        with store:
+            out = store.lookup(torch.tensor([5, 2, 5]))
+            assert torch.is_tensor(out)
+            np.testing.assert_array_equal(_host(out), init[[5, 2, 5]])
+
+    def test_every_lookup_returns_the_last_write(self, tmp_path):
+        store, init = self._store(tmp_path)
+        expected = init.copy()
+        rng = np.random.default_rng(0)
+        with store:
+            for step in range(6):
+                ids = rng.integers(0, self.num_rows, size=12)
+                rows = _pattern(12, self.dim, self.dtype, base=1000 * (step + 1))
+                store.update(ids, rows)
+                for k, i in enumerate(ids):    # duplicates: the last one wins
+                    expected[i] = rows[k]
+                np.testing.assert_array_equal(store.lookup(np.arange(self.num_rows)), expected)
+            store.flush()
+            np.testing.assert_array_equal(store.lookup(np.arange(self.num_rows)), expected)
+            assert store.check().ok
+
+    def test_prefetched_rows_are_the_rows(self, tmp_path):
+        store, init = self._store(tmp_path)
+        with store:
+            store.update(np.array([9]), np.full((1, self.dim), -1, dtype=self.dtype))
+            store.prefetch(np.arange(20)).wait()
+            expected = init[:20].copy()
+            expected[9] = -1
+            np.testing.assert_array_equal(store.lookup(np.arange(20)), expected)
+
+    def test_bad_ids_raise_a_named_error_and_change_nothing(self, tmp_path):
+        from tierstore.errors import IdOutOfRangeError
+
+        store, init = self._store(tmp_path)
+        with store:
+            with pytest.raises(IdOutOfRangeError):
+                store.update(np.array([1, self.num_rows]), np.zeros((2, self.dim), self.dtype))
+            with pytest.raises(IdOutOfRangeError):
+                store.lookup(np.array([-1]))
+            np.testing.assert_array_equal(store.lookup(np.arange(self.num_rows)), init)
+
+    def test_apply_gradients_steps_the_rows(self, tmp_path):
+        torch = pytest.importorskip("torch")
+        from tierstore.optim import RowSGD
+
+        store, init = self._store(tmp_path)
+        with store:
+            ids = torch.tensor([2, 11, 30])
+            grads = torch.ones((3, self.dim), dtype=torch.float32)
+            assert store.apply_gradients(ids, grads, RowSGD(lr=0.5)) == 3
+            expected = init.copy()
+            expected[[2, 11, 30]] -= 0.5
+            np.testing.assert_array_equal(store.lookup(np.arange(self.num_rows)), expected)
+            assert store.apply_gradients(None, None, RowSGD(lr=0.5)) == 0
+            np.testing.assert_array_equal(store.lookup(np.arange(self.num_rows)), expected)
+
+    def test_close_is_final_and_harmless_twice(self, tmp_path):
+        from tierstore.errors import ClosedStoreError
+
+        store, _ = self._store(tmp_path)
+        store.update(np.array([0]), np.zeros((1, self.dim), self.dtype))
+        store.close()
+        assert store.closed
+        store.close()
+        with pytest.raises(ClosedStoreError):
+            store.lookup(np.array([0]))
