@@ -434,6 +434,25 @@ def _torch_dtype(np_dtype):
 
 
 # -- the store -------------------------------------------------------------------------------
+class _Caught:
+    """``with caught:`` keeps the first error of a step every rank must get past, so that
+    this rank tells the others (``_agree_counts``, ``_raise_if_any_failed``) before it
+    raises it: no rank is left waiting in a collective. BaseExceptions (an interrupt) pass."""
+
+    def __init__(self):
+        self.error = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, Exception):
+            if self.error is None:
+                self.error = exc
+            return True
+        return False
+
+
 class ShardedStore(TableStore):
     """A table whose rows are sharded over a process group, each shard a tiered Store.
 
@@ -509,14 +528,12 @@ class ShardedStore(TableStore):
         with self._lock:
             self._check_open()
             as_torch = is_torch_tensor(ids)
-            error = send_counts = None
-            try:
+            caught, send_counts = _Caught(), None
+            with caught:
                 id_array = as_id_array(ids, self.num_rows)
                 uniq, inverse, _ = dedupe(id_array.reshape(-1))
                 order, send_counts, send_ids = self._route(uniq)
-            except Exception as exc:  # noqa: BLE001 - raised after telling the others
-                error = exc
-            recv_counts = self._agree_counts(send_counts, error, "lookup")
+            recv_counts = self._agree_counts(send_counts, caught.error, "lookup")
             self._requests["lookups"] += 1
             self._requests["ids"] += id_array.size
             self._requests["unique_ids"] += len(uniq)
@@ -563,13 +580,11 @@ class ShardedStore(TableStore):
         """
         with self._lock:
             self._check_open()
-            error = send_counts = None
-            try:
+            caught, send_counts = _Caught(), None
+            with caught:
                 uniq = dedupe(as_id_array(ids, self.num_rows).reshape(-1))[0]
                 _, send_counts, send_ids = self._route(uniq)
-            except Exception as exc:  # noqa: BLE001 - raised after telling the others
-                error = exc
-            recv_counts = self._agree_counts(send_counts, error, "prefetch")
+            recv_counts = self._agree_counts(send_counts, caught.error, "prefetch")
             wanted = self._comm.exchange(torch.from_numpy(send_ids), send_counts, recv_counts)
             if not len(wanted):
                 return _done_handle()
@@ -585,8 +600,8 @@ class ShardedStore(TableStore):
         """
         with self._lock:
             self._check_open()
-            error = send_counts = None
-            try:
+            caught, send_counts = _Caught(), None
+            with caught:
                 if self.readonly:
                     raise ReadOnlyError(f"sharded store {self.path} is open read-only")
                 id_array = as_id_array(ids, self.num_rows)
@@ -595,17 +610,13 @@ class ShardedStore(TableStore):
                 uniq, last = dedupe_last(id_array.reshape(-1))
                 order, send_counts, send_ids = self._route(uniq)
                 send_rows = new_rows.reshape(-1, self.dim)[last[order]]
-            except Exception as exc:  # noqa: BLE001 - raised after telling the others
-                error = exc
-            recv_counts = self._agree_counts(send_counts, error, "update")
+            recv_counts = self._agree_counts(send_counts, caught.error, "update")
             got_ids = self._comm.exchange(torch.from_numpy(send_ids), send_counts, recv_counts)
             got_rows = self._comm.exchange(torch.from_numpy(send_rows), send_counts, recv_counts)
-            try:
+            with caught:
                 if len(got_ids):  # in rank order, so Store.update's last-wins is highest-rank-wins
                     self.local.update(got_ids.cpu().numpy(), got_rows.cpu().numpy())
-            except Exception as exc:  # noqa: BLE001 - raised after telling the others
-                error = exc
-            self._raise_if_any_failed(error, "update")
+            self._raise_if_any_failed(caught.error, "update")
 
     def apply_gradients(self, ids, grads, optimizer, rows=None) -> int:
         """Train rows: each owner sums every rank's gradients of its rows, applies the row
@@ -622,8 +633,8 @@ class ShardedStore(TableStore):
         with self._lock:
             self._check_open()
             grad_dtype = torch.promote_types(torch.float32, self._torch_dtype)
-            error = send_counts = None
-            try:
+            caught, send_counts = _Caught(), None
+            with caught:
                 if self.readonly:
                     raise ReadOnlyError(f"sharded store {self.path} is open read-only")
                 if ids is None:
@@ -636,18 +647,14 @@ class ShardedStore(TableStore):
                 order, send_counts, send_ids = self._route(id_array)
                 send_grads = grads.detach().to(self._comm.device, grad_dtype)[
                     torch.from_numpy(order).to(self._comm.device)]
-            except Exception as exc:  # noqa: BLE001 - raised after telling the others
-                error = exc
-            recv_counts = self._agree_counts(send_counts, error, "apply_gradients")
+            recv_counts = self._agree_counts(send_counts, caught.error, "apply_gradients")
             got_ids = self._comm.exchange(torch.from_numpy(send_ids), send_counts, recv_counts)
             got_grads = self._comm.exchange(send_grads, send_counts, recv_counts)
             written = 0
-            try:
+            with caught:
                 if len(got_ids):
                     written = self._apply_here(got_ids.cpu().numpy(), got_grads, optimizer)
-            except Exception as exc:  # noqa: BLE001 - raised after telling the others
-                error = exc
-            self._raise_if_any_failed(error, "apply_gradients")
+            self._raise_if_any_failed(caught.error, "apply_gradients")
             return written
 
     def _apply_here(self, local_ids: np.ndarray, grads, optimizer) -> int:
@@ -664,12 +671,10 @@ class ShardedStore(TableStore):
         """Every shard writes its dirty rows and syncs. Collective."""
         with self._lock:
             self._check_open()
-            error = None
-            try:
+            caught = _Caught()
+            with caught:
                 self.local.flush()
-            except Exception as exc:  # noqa: BLE001 - raised after telling the others
-                error = exc
-            self._raise_if_any_failed(error, "flush")
+            self._raise_if_any_failed(caught.error, "flush")
 
     # -- inspecting ------------------------------------------------------------------------
     _SUMMED = ("lookups", "device_hits", "ram_hits", "disk_reads", "admissions", "evictions",
@@ -743,13 +748,11 @@ class ShardedStore(TableStore):
         with self._lock:
             if self._closed:
                 return
-            error = None
-            try:
+            caught = _Caught()
+            with caught:
                 self.local.close()
-            except Exception as exc:  # noqa: BLE001 - raised after telling the others
-                error = exc
             self._closed = True
-            self._raise_if_any_failed(error, "close")
+            self._raise_if_any_failed(caught.error, "close")
 
     def __repr__(self):
         state = "closed" if self._closed else ("read-only" if self.readonly else "open")
