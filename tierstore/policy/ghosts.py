@@ -2,7 +2,7 @@
 
 Two FIFO rings share one id -> position map: ghost 0 holds the ids the
 window evicted most recently (TinyLFU refused them a place in main), ghost 1
-the ids main evicted most recently. Each holds one climbing step's worth of
+the ids main evicted most recently. Each holds one window step's worth of
 ids, so a miss on a ghost says the cache would have hit had that side been
 one step larger. The adaptive policy counts these misses over a sample and
 moves its window toward the side that would have gained more.

@@ -12,7 +12,7 @@ tiers must then carry out, in this order:
    (batch row ``sw_u[k]``) into device slot ``sw_to[k]``.
 
 Phase one processes the batch's unique ids in order exactly as a sequential
-cache would (hits, admissions, evictions, hill climbing). Phase two places
+cache would (hits, admissions, evictions, the adaptive window's steps). Phase two places
 rows: a batch row left in a RAM slot is promoted into a free device slot, or
 swapped with a sampled device row whose sketch estimate is lower. No slot
 takes part in two swaps of one batch, so step 3 is a set of disjoint copies.

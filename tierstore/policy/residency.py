@@ -8,9 +8,11 @@ Every policy answers two questions about an entry (a resident row):
 entry leaves to make room). ``adaptive`` and ``wtinylfu`` are W-TinyLFU: an
 LRU window admits every newcomer; the window's oldest row then enters the
 main SLRU (probation, protected) only if the sketch says it is used more
-often than main's oldest probationary row. ``adaptive`` resizes the window by
-hill climbing on the hit ratio (as Caffeine does), so it drifts toward LRU
-on streams whose popular set moves and toward LFU on stationary ones.
+often than main's oldest probationary row. ``adaptive`` resizes the window from
+two ghosts of recently evicted ids (``record_access``; ``policy/ghosts.py``), so it
+drifts toward LRU on streams whose popular set moves and toward LFU on stationary
+ones. (Caffeine's hill climbing on the hit ratio of successive samples was replaced:
+it oscillated on drifting streams; docs/DESIGN_DECISIONS.md.)
 """
 import numpy as np
 from numba import njit

@@ -97,7 +97,7 @@ class CacheState:
         meta[WINDOW_CAP] = window
         meta[PROTECTED_CAP] = int(PROTECTED_SHARE * (capacity - window))
         meta[SAMPLE_SIZE] = max(capacity, 256)
-        # ghosts remember one climbing step's worth of evicted ids on each side
+        # ghosts remember one window step's worth of evicted ids on each side
         ghost_cap = max(1, int(HILL_STEP * capacity)) if policy == "adaptive" else 0
         meta[GHOST_CAP] = ghost_cap
         fmeta = np.zeros(FMETA_LEN, dtype=np.float64)
