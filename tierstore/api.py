@@ -62,8 +62,12 @@ def create(path, num_rows: int, dim: int, dtype="float16", init=None,
 
 
 def open(path, config: StoreConfig | None = None, readonly: bool = False, *,
-         dim: int | None = None, dtype=None) -> Store:
-    """Open an existing store. ``dim``/``dtype``, when given, must match the store's."""
+         dim: int | None = None, dtype=None, warm=None) -> Store:
+    """Open an existing store. ``dim``/``dtype``, when given, must match the store's.
+
+    ``warm``: a counts file (``tierstore profile TRACE --write-counts hot.npz``) or an
+    ``(ids, counts)`` pair; its hottest rows are loaded into memory in the background
+    (``store.warming.wait()`` waits for them; see :meth:`Store.warm`)."""
     config = StoreConfig() if config is None else config
     if not isinstance(config, StoreConfig):
         raise ConfigError(f"config must be a StoreConfig, got {type(config).__name__}")
@@ -75,10 +79,17 @@ def open(path, config: StoreConfig | None = None, readonly: bool = False, *,
             raise ConfigError(f"{path}: the store's rows have dim {disk.meta.dim}, not {dim!r}")
         if dtype is not None and _as_dtype(dtype) != disk.dtype:
             raise ConfigError(f"{path}: the store's dtype is {disk.dtype}, not {np.dtype(dtype)}")
-        return Store(disk, config)
+        store = Store(disk, config)
     except BaseException:
         disk.close()
         raise
+    if warm is not None:
+        try:
+            store.warm(warm)
+        except BaseException:
+            store.close()
+            raise
+    return store
 
 
 def _as_dtype(dtype) -> np.dtype:

@@ -1,6 +1,6 @@
 """The ``tierstore`` command line.
 
-    tierstore profile TRACE [--device-rows N --ram-rows N --target 0.9 ...]
+    tierstore profile TRACE [--device-rows N --ram-rows N --target 0.9 --write-counts OUT.npz ...]
     tierstore create PATH --rows N --dim D
     tierstore import SOURCE PATH          # .npy or .safetensors -> a new store
     tierstore export PATH OUT.npy
@@ -189,6 +189,10 @@ def _profile(args):
             raise ConfigError("give TRACE, a .npy of row ids (or --ngram / --text)")
         trace = P.load_trace(args.trace, args.format)
         source.update(path=str(args.trace), format=args.format)
+    if args.counts_rows and not args.write_counts:
+        raise ConfigError("--counts-rows sizes the --write-counts file: give --write-counts too")
+    if args.write_counts and not os.path.isdir(os.path.dirname(os.path.abspath(args.write_counts))):
+        raise FileNotFoundError(f"--write-counts {args.write_counts}: no such folder")
     row_bytes, row_bytes_from, store_rows = _profile_row_bytes(args)
     num_rows = args.num_rows
     if num_rows is None and store_rows is not None and not (args.ngram or args.text):
@@ -208,11 +212,28 @@ def _profile(args):
                 bar.update(1)
                 bar.set_postfix_str(msg)
             report = P.profile(trace, spec, source, step)
+    if args.write_counts:
+        _write_counts(args, trace, report)
     if args.json:
         print(json.dumps(report, indent=2, default=_json_default))
     else:
         print(P.format_report(report))
     return 0
+
+
+def _write_counts(args, trace, report):
+    """The counts file of ``--write-counts``: the most used ids, as many as memory holds."""
+    from .warmstart import hot_counts, save_counts
+
+    sim = report["simulation"]
+    rows = args.counts_rows or sim["device_rows"] + sim["ram_rows"]
+    ids, counts, accesses = hot_counts(trace, rows)
+    path = save_counts(args.write_counts, ids, counts, accesses)
+    report["counts_file"] = {"path": str(path), "ids": len(ids),
+                             "share_of_accesses": float(counts.sum()) / accesses}
+    if not args.quiet:
+        print(f"tierstore profile: wrote the access counts of the {len(ids):,} most used ids "
+              f"({counts.sum() / accesses:.1%} of the accesses) to {path}", file=sys.stderr)
 
 
 def _profile_row_bytes(args) -> tuple[int, str, int | None]:
@@ -317,6 +338,11 @@ def _add_profile_command(sub):
     prof.add_argument("--json", action="store_true", help="print the figures as JSON")
     prof.add_argument("--plot", metavar="OUT.png", help="draw the miss-ratio curves of every "
                       "policy against memory size (needs matplotlib: tierstore[plot])")
+    prof.add_argument("--write-counts", metavar="OUT.npz", help="also write the access counts "
+                      "of the most used ids, for a warm start: tierstore.open(path, config, "
+                      "warm=OUT.npz) loads those rows into memory at open")
+    prof.add_argument("--counts-rows", type=_positive_int, help="ids in the --write-counts file "
+                      "(default: the memory tiers' rows, --device-rows + --ram-rows)")
     prof.add_argument("-v", "--verbose", action="store_true", help="a line on stderr per step, "
                       "in place of the progress bar")
     prof.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -104,6 +104,7 @@ class Store(TableStore):
         self._prefetch_stats = {"prefetches": 0, "rows_read": 0, "rows_used": 0, "lookups_ahead": 0}
         self._ahead: weakref.WeakSet[LookupHandle] = weakref.WeakSet()   # async lookups, for staleness
         self._disk_rows_read = 0
+        self.warming = None          # the last warm start (Store.warm), if any
 
     @property
     def disk(self) -> DiskTier:
@@ -320,6 +321,20 @@ class Store(TableStore):
     def _written_since(self, gen):
         late = [ids for g, ids in self._recent_writes if g > gen]
         return np.concatenate(late) if late else np.empty(0, dtype=np.int64)
+
+    def warm(self, hot, *, progress: bool = True):
+        """Load the hottest rows of ``hot`` into memory in the background, hottest to the device.
+
+        ``hot``: a counts file (``tierstore profile TRACE --write-counts hot.npz``) or an
+        ``(ids, counts)`` pair; at most the memory tiers' rows are loaded. Lookups and
+        updates go on meanwhile (an update always wins over the warm's read). Returns a
+        :class:`~tierstore.warmstart.WarmHandle` (``wait()``, ``loaded``, ``total``), also
+        kept as ``store.warming``. ``progress``: a bar on stderr (when it is a terminal).
+        """
+        from .warmstart import start_warm
+
+        self.warming = start_warm(self, hot, progress)
+        return self.warming
 
     # -- writing ---------------------------------------------------------------------------
     def update(self, ids, rows):
