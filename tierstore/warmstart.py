@@ -208,10 +208,11 @@ def _warm_chunk(store, handle: WarmHandle):
             _reorder(store, handle)
         handle._finish()
         return
-    try:
-        store._worker().submit(_warm_chunk, store, handle)
-    except RuntimeError:        # close() shut the worker down: the warm ends with the store
-        handle._finish()
+    with store._exclusive():
+        if store._closed:           # the warm ends with the store
+            handle._finish()
+        else:
+            store._worker().submit(_warm_chunk, store, handle)
 
 
 def _load_chunk(store, handle: WarmHandle):
