@@ -603,3 +603,41 @@ def test_engram_hashes_cuda_tokens_on_the_gpu(tmp_path, monkeypatch):
         torch.testing.assert_close(out.cpu(), reference_engram(cpu_block, table, hidden.cpu(),
                                                                canonical.cpu()), rtol=1e-5, atol=1e-5)
     block.store.close()
+
+
+def test_training_errors_are_named_and_builtins_too(tmp_path):
+    from tierstore import errors as E
+    from tierstore.optim import optimizer_from_config
+
+    def expect(named, builtin, fragment, call, *args, **kwargs):
+        with pytest.raises(named, match=fragment) as info:
+            call(*args, **kwargs)
+        assert isinstance(info.value, builtin) and isinstance(info.value, E.TierstoreError)
+
+    store = make_store(tmp_path, make_table())
+    expect(E.OptimizerTypeError, TypeError, "RowOptimizer", TieredEmbedding, store,
+           optimizer=torch.optim.SGD([torch.zeros(1)], lr=1.0))
+    expect(E.ConfigError, ValueError, "padding_idx", TieredEmbedding, store, padding_idx=N)
+    emb = TieredEmbedding(store)
+    expect(E.IdTypeError, TypeError, "integers", emb, torch.tensor([1.0]))
+    expect(E.NoOptimizerError, RuntimeError, "no optimizer", emb.step)
+    bad = dict(emb.state_dict())
+    bad["_extra_state"] = dict(bad["_extra_state"], dim=D + 1)
+    expect(E.CheckpointError, ValueError, "checkpoint table", emb.load_state_dict, bad)
+    expect(E.CheckpointError, ValueError, "not a TieredEmbedding state",
+           TieredEmbedding.from_state_dict, {"format": "other"})
+    expect(E.ConfigError, ValueError, "lr", RowSGD, lr=-1.0)
+    expect(E.ConfigError, ValueError, "cannot both be 0", RowAdagrad, eps=0.0,
+           initial_accumulator_value=0.0)
+    expect(E.ConfigError, ValueError, "unknown row optimizer", optimizer_from_config, {"type": "Adam"})
+    expect(E.UnboundOptimizerError, RuntimeError, "not bound", RowAdagrad().apply,
+           np.array([0]), torch.zeros((1, D)), torch.zeros((1, D)))
+    store.close()
+    block, hasher, _ = make_engram(tmp_path)
+    hidden = torch.zeros((1, 5, HIDDEN))
+    expect(E.TensorShapeError, ValueError, "hidden must be", block, hidden[0], torch.zeros((1, 5)))
+    expect(E.TensorShapeError, ValueError, "do not match", block, hidden,
+           torch.zeros((1, 4), dtype=torch.int64))
+    expect(E.ConfigError, ValueError, "give the optimizer", EngramMemory, block.table, hasher,
+           HIDDEN, optimizer=RowSGD(0.1))
+    block.store.close()

@@ -22,6 +22,7 @@ torch = torch_module()
 nn = torch.nn
 F = torch.nn.functional
 
+from .errors import CheckpointError, ConfigError, TensorShapeError
 from .optim import RowOptimizer
 from .torch import TieredEmbedding, batch_key, same_batch, zero_grad_all
 
@@ -104,13 +105,13 @@ class EngramMemory(nn.Module):
         super().__init__()
         if isinstance(store, nn.Module):        # a ready table: a TieredEmbedding or nn.Embedding
             if optimizer is not None:
-                raise ValueError("give the optimizer to the TieredEmbedding itself")
+                raise ConfigError("give the optimizer to the TieredEmbedding itself")
             self.table = store
         else:
             self.table = TieredEmbedding(store, optimizer=optimizer)
         num_rows, row_dim = self.table.num_embeddings, self.table.embedding_dim
         if num_rows < hasher.num_rows:
-            raise ValueError(f"the hasher addresses {hasher.num_rows} rows; the table has "
+            raise ConfigError(f"the hasher addresses {hasher.num_rows} rows; the table has "
                              f"only {num_rows}")
         self.hasher = hasher
         self.compressor = compressor
@@ -160,9 +161,9 @@ class EngramMemory(nn.Module):
     def memory(self, hidden, tokens):
         """The Engram block's output (without the residual)."""
         if hidden.dim() != 3 or hidden.shape[-1] != self.hidden_dim:
-            raise ValueError(f"hidden must be (batch, seq, {self.hidden_dim}), got {tuple(hidden.shape)}")
+            raise TensorShapeError(f"hidden must be (batch, seq, {self.hidden_dim}), got {tuple(hidden.shape)}")
         if tuple(tokens.shape) != tuple(hidden.shape[:2]):
-            raise ValueError(f"tokens {tuple(tokens.shape)} do not match hidden {tuple(hidden.shape[:2])}")
+            raise TensorShapeError(f"tokens {tuple(tokens.shape)} do not match hidden {tuple(hidden.shape[:2])}")
         ids = self.row_ids(tokens)
         if isinstance(self.table, nn.Embedding):
             ids = ids.to(self.table.weight.device)
@@ -198,5 +199,5 @@ class EngramMemory(nn.Module):
             return
         hasher = type(self.hasher).from_config(config)
         if hasher.ids_per_token != self.hasher.ids_per_token or hasher.num_rows > self.table.num_embeddings:
-            raise ValueError("the checkpoint's hasher does not fit this block's table")
+            raise CheckpointError("the checkpoint's hasher does not fit this block's table")
         self.hasher = hasher

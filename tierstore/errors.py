@@ -96,3 +96,29 @@ class ShardPeerError(TierstoreError, RuntimeError):
 
 class TiersTooLargeError(TierstoreError, MemoryError):
     """The memory tiers asked for do not fit in the machine's available memory."""
+
+
+# -- training (tierstore.torch, tierstore.engram, tierstore.optim) ---------------------------
+class OptimizerTypeError(TierstoreError, TypeError):
+    """An optimizer that is not a :class:`tierstore.optim.RowOptimizer` (torch optimizers
+    cannot see a table that has no ``nn.Parameter``)."""
+
+
+class NoOptimizerError(TierstoreError, RuntimeError):
+    """``step()`` on a table module built without a row optimizer."""
+
+
+class UnboundOptimizerError(TierstoreError, RuntimeError):
+    """A row optimizer used before it was bound to its table."""
+
+
+class OptimizerStateError(TierstoreError, ValueError):
+    """A row optimizer's state belongs to another table, or has another shape."""
+
+
+class CheckpointError(TierstoreError, ValueError):
+    """A checkpoint (``state_dict``) that is not this module's kind, or does not fit it."""
+
+
+class TensorShapeError(TierstoreError, ValueError):
+    """A model input (hidden states, tokens) of the wrong shape."""

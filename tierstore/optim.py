@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ConfigError, OptimizerStateError, UnboundOptimizerError
 from .tiers._torch import torch_module
 
 __all__ = ["RowAdagrad", "RowOptimizer", "RowSGD", "default_state_config", "optimizer_from_config"]
@@ -46,7 +47,7 @@ def _check_number(name, value, minimum=0.0, strict=False):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
             or value < minimum or (strict and value == minimum):
         bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
     return float(value)
 
 
@@ -106,7 +107,7 @@ class RowAdagrad(RowOptimizer):
         self.initial_accumulator_value = _check_number("initial_accumulator_value",
                                                        initial_accumulator_value)
         if self.eps == 0 and self.initial_accumulator_value == 0:
-            raise ValueError("eps and initial_accumulator_value cannot both be 0 (division by zero)")
+            raise ConfigError("eps and initial_accumulator_value cannot both be 0 (division by zero)")
         self.state_path = None if state_path is None else Path(state_path)
         if isinstance(state_config, dict):
             from .config import StoreConfig
@@ -122,7 +123,7 @@ class RowAdagrad(RowOptimizer):
     def bind(self, store) -> None:
         if self.state is not None:
             if Path(store.path).resolve() != self._table_path:
-                raise ValueError(f"this RowAdagrad keeps state for {self._table_path}; "
+                raise OptimizerStateError(f"this RowAdagrad keeps state for {self._table_path}; "
                                  f"make one optimizer per table (got {store.path})")
             return
         from . import api
@@ -133,7 +134,7 @@ class RowAdagrad(RowOptimizer):
             state = api.open(path, config, readonly=store.readonly)
             if state.num_rows != store.num_rows or state.dim != 1 or state.dtype != np.float32:
                 state.close()
-                raise ValueError(f"{path}: optimizer state of shape {state.num_rows}x{state.dim} "
+                raise OptimizerStateError(f"{path}: optimizer state of shape {state.num_rows}x{state.dim} "
                                  f"{state.dtype} does not fit a {store.num_rows}-row table "
                                  "(want Nx1 float32); pass reset_state=True to recreate it")
         else:
@@ -146,15 +147,19 @@ class RowAdagrad(RowOptimizer):
 
     def accumulators(self, ids):
         """The accumulators of ``ids`` (numpy float32 of ``ids``' shape); for inspection."""
-        if self.state is None:
-            raise RuntimeError("RowAdagrad is not bound to a table yet")
-        acc = self.state.lookup(np.asarray(ids, dtype=np.int64))[..., 0]
+        acc = self._bound_state().lookup(np.asarray(ids, dtype=np.int64))[..., 0]
         return acc if isinstance(acc, np.ndarray) else acc.cpu().numpy()
+
+    def _bound_state(self):
+        if self.state is None:
+            raise UnboundOptimizerError("RowAdagrad is not bound to a table yet: pass it to a "
+                                        "TieredEmbedding, or call bind(store)")
+        return self.state
 
     # -- the update ----------------------------------------------------------------------
     def apply(self, ids, rows, grads):
         torch = torch_module()
-        raw = self.state.lookup(ids)                  # numpy, or a CUDA tensor on a CUDA store
+        raw = self._bound_state().lookup(ids)        # numpy, or a CUDA tensor on a CUDA store
         acc = (raw if torch.is_tensor(raw) else torch.from_numpy(raw))[:, 0].to(grads.device,
                                                                               grads.dtype)
         acc = acc + grads.pow(2).mean(dim=1)
@@ -222,5 +227,5 @@ def optimizer_from_config(config: dict | None) -> RowOptimizer | None:
     params = dict(config)
     kind = params.pop("type", None)
     if kind not in _OPTIMIZERS:
-        raise ValueError(f"unknown row optimizer {kind!r}; known: {sorted(_OPTIMIZERS)}")
+        raise ConfigError(f"unknown row optimizer {kind!r}; known: {sorted(_OPTIMIZERS)}")
     return _OPTIMIZERS[kind](**params)

@@ -52,6 +52,7 @@ nn = torch.nn
 
 from . import api
 from .config import StoreConfig
+from .errors import CheckpointError, ConfigError, IdTypeError, NoOptimizerError, OptimizerTypeError
 from .optim import RowAdagrad, RowOptimizer, RowSGD, _config_dict, optimizer_from_config
 
 __all__ = [
@@ -134,7 +135,7 @@ class TieredEmbedding(nn.Module):
                  dtype=None, owns_store: bool = False):
         super().__init__()
         if optimizer is not None and not isinstance(optimizer, RowOptimizer):
-            raise TypeError(f"optimizer must be a tierstore.optim.RowOptimizer, got "
+            raise OptimizerTypeError(f"optimizer must be a tierstore.optim.RowOptimizer, got "
                             f"{type(optimizer).__name__} (torch optimizers cannot see the table)")
         self.store = store
         self.optimizer = optimizer
@@ -144,7 +145,7 @@ class TieredEmbedding(nn.Module):
             if padding_idx < 0:
                 padding_idx += store.num_rows
             if not 0 <= padding_idx < store.num_rows:
-                raise ValueError(f"padding_idx must be within num_embeddings ({store.num_rows})")
+                raise ConfigError(f"padding_idx must be within num_embeddings ({store.num_rows})")
         self.padding_idx = padding_idx
         # an empty buffer that follows .to(device) / .half(): the output's device and dtype
         self.register_buffer("_probe", torch.empty(0, dtype=dtype or _torch_dtype(store.dtype)),
@@ -182,7 +183,7 @@ class TieredEmbedding(nn.Module):
 
     def forward(self, ids):
         if torch.is_tensor(ids) and ids.is_floating_point():
-            raise TypeError(f"ids must be integers, got a tensor of {ids.dtype}")
+            raise IdTypeError(f"ids must be integers, got a tensor of {ids.dtype}")
         ids = ids if torch.is_tensor(ids) else torch.as_tensor(np.asarray(ids))
         raw = self._prefetched_rows(ids)
         if raw is None:
@@ -230,7 +231,7 @@ class TieredEmbedding(nn.Module):
 
         Returns the number of rows written. Clears the kept gradients."""
         if self.optimizer is None:
-            raise RuntimeError("this TieredEmbedding has no optimizer: pass optimizer=RowSGD(...) "
+            raise NoOptimizerError("this TieredEmbedding has no optimizer: pass optimizer=RowSGD(...) "
                                "or RowAdagrad(...)")
         try:
             found = self.row_gradients()
@@ -311,7 +312,7 @@ class TieredEmbedding(nn.Module):
     def set_extra_state(self, state):
         _check_state(state)
         if (state["num_rows"], state["dim"]) != (self.store.num_rows, self.store.dim):
-            raise ValueError(f"checkpoint table is {state['num_rows']}x{state['dim']}, this module's "
+            raise CheckpointError(f"checkpoint table is {state['num_rows']}x{state['dim']}, this module's "
                              f"is {self.store.num_rows}x{self.store.dim}")
         same = Path(state["path"]).resolve() == Path(self.store.path).resolve()
         if not same:
@@ -362,7 +363,7 @@ class TieredEmbedding(nn.Module):
 
 def _check_state(state):
     if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
-        raise ValueError("not a TieredEmbedding state (expected a dict with "
+        raise CheckpointError("not a TieredEmbedding state (expected a dict with "
                          f"format={_STATE_FORMAT!r})")
 
 
