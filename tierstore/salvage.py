@@ -92,10 +92,6 @@ class SalvageReport:
         return "\n".join(lines)
 
 
-class _Damaged(Exception):
-    """LMDB refused to read a page."""
-
-
 def salvage(src, dst, *, overwrite: bool = False, num_rows: int | None = None,
             dim: int | None = None, dtype=None, codec=None) -> SalvageReport:
     """Copy every readable row of the store at ``src`` into a new store at ``dst``.
