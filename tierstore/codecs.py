@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .kernels.codec import decode_int8_rows, decode_raw_rows
+from .validation import check_int
 
 
 def _bytes(rows: np.ndarray) -> np.ndarray:
@@ -88,10 +89,10 @@ class ZstdCodec(Codec):
     codec_id: ClassVar[str] = "zstd"
 
     def __post_init__(self):
-        if not isinstance(self.level, int) or not 1 <= self.level <= 22:
-            raise ConfigError(f"zstd level must be an int in 1..22, got {self.level!r}")
-        if not isinstance(self.dict_size, int) or self.dict_size < 0:
-            raise ConfigError(f"zstd dict_size must be a non-negative int, got {self.dict_size!r}")
+        object.__setattr__(self, "level", check_int("zstd level", self.level, 1, 22,
+                                                    expected="an int in 1..22"))
+        object.__setattr__(self, "dict_size", check_int("zstd dict_size", self.dict_size, 0,
+                                                        expected="a non-negative int"))
 
     def get_config(self):
         return {"id": self.codec_id, "level": self.level, "dict_size": self.dict_size}

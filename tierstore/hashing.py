@@ -52,6 +52,7 @@ import numpy as np
 from .errors import ConfigError, IdOutOfRangeError, IdTypeError, RowShapeError
 from .kernels.batch import first_out_of_range
 from .kernels.ngram import ngram_ids, ngram_step
+from .validation import check_int
 
 __all__ = ["NgramHasher", "TokenCompressor", "compression_key", "is_prime", "layer_multipliers",
            "normalize_text", "table_primes"]
@@ -150,7 +151,7 @@ class TokenCompressor:
         given (the demo's ``convert_ids_to_tokens``, so two such ids merge only if their token
         strings match a key), else by its raw bytes, else it gets a class of its own.
         """
-        n = _check_int("vocab_size", vocab_size, 1)
+        n = check_int("vocab_size", vocab_size, 1)
         if not callable(id_to_text):
             raise ConfigError("id_to_text must be a callable int -> str | bytes | None")
         key2new: dict = {}
@@ -383,12 +384,12 @@ class NgramHasher:
     def __init__(self, vocab_size: int, max_ngram: int = 3, heads: int = 8,
                  table_size: int | Sequence[int] | None = None, layer_id: int = 0,
                  seed: int = 0, pad_id: int = 0, layer_ids: Iterable[int] | None = None):
-        self.vocab_size = _check_int("vocab_size", vocab_size, 1)
-        self.max_ngram = _check_int("max_ngram", max_ngram, 2)
-        self.heads = _check_int("heads", heads, 1)
-        self.layer_id = _check_int("layer_id", layer_id, 0)
-        self.seed = _check_int("seed", seed, 0)
-        self.pad_id = _check_int("pad_id", pad_id, 0)
+        self.vocab_size = check_int("vocab_size", vocab_size, 1)
+        self.max_ngram = check_int("max_ngram", max_ngram, 2)
+        self.heads = check_int("heads", heads, 1)
+        self.layer_id = check_int("layer_id", layer_id, 0)
+        self.seed = check_int("seed", seed, 0)
+        self.pad_id = check_int("pad_id", pad_id, 0)
         if self.pad_id >= self.vocab_size:
             raise ConfigError(f"pad_id {self.pad_id} is outside the vocabulary "
                               f"[0, {self.vocab_size}) (pass the canonical pad id)")
@@ -407,13 +408,13 @@ class NgramHasher:
             if len(sizes) != self.orders:
                 raise ConfigError(f"table_size lists {len(sizes)} sizes; orders 2..{self.max_ngram}"
                                   f" need {self.orders}")
-        self.table_sizes = [_check_int("table_size", s, 1) for s in sizes]
+        self.table_sizes = [check_int("table_size", s, 1) for s in sizes]
         if max(self.table_sizes) > 1 << 56:
             raise ConfigError(f"table_size {max(self.table_sizes)} is too large (at most 2**56)")
         if layer_ids is None:
             layers = [self.layer_id]
         else:
-            layers = [_check_int("layer_ids", x, 0) for x in layer_ids]
+            layers = [check_int("layer_ids", x, 0) for x in layer_ids]
         if len(set(layers)) != len(layers):
             raise ConfigError(f"layer_ids repeats a layer: {layers}")
         if self.layer_id not in layers:
@@ -564,15 +565,6 @@ class NgramHasher:
 
 
 # =========================================================================== the public edge
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
-        raise ConfigError(f"{name} must be an int, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
 
 
 def _torch():

@@ -41,6 +41,7 @@ from .errors import (ConfigError, CorruptRowError, CorruptStoreError, FormatVers
 from .tiers.disk import LOCK_FILE, MIN_FILE_BYTES, DiskTier
 from .tiers.format import (DICT_KEY, META_DB, META_KEY, ROWS_DB, StoreMeta, row_keys,
                            unframe_record)
+from .validation import check_int
 
 CHUNK = 1 << 14           # records read (and written) per transaction
 DEST_MAP_SIZE = 1 << 24   # the copy's map starts here and grows as needed
@@ -247,9 +248,7 @@ def _source_meta(env, src: Path, num_rows, dim, dtype, codec):
         raise ConfigError("a zstd store with a trained dictionary cannot be salvaged without "
                           "its dictionary record")
     for name in ("num_rows", "dim"):
-        value = hints[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        check_int(name, hints[name], 1, expected="a positive int")
     meta = StoreMeta(num_rows=num_rows, dim=dim, dtype=_dtype_name(dtype),
                      codec=codec_obj.get_config(), init={"kind": "constant", "value": 0.0})
     return meta, getattr(codec_obj, "dictionary", None)

@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 
-from .errors import IdOutOfRangeError, IdTypeError, NonFiniteRowError, RowShapeError
+from .errors import ConfigError, IdOutOfRangeError, IdTypeError, NonFiniteRowError, RowShapeError
 from .kernels.batch import any_nonfinite_half_row, any_nonfinite_row, first_out_of_range
 
 
@@ -100,3 +100,20 @@ def _row_name(position: int, row_ids) -> str:
     ids = np.asarray(row_ids)
     index = ", ".join(str(int(i)) for i in np.unravel_index(position, ids.shape))
     return f"row id {int(ids.reshape(-1)[position])} (rows[{index}])"
+
+
+def check_int(name: str, value, low: int | None = None, high: int | None = None, *,
+              expected: str | None = None, none_ok: bool = False):
+    """``value`` as an int in ``[low, high]`` (either bound left out: open), else ConfigError
+    "``name`` must be ``expected``, got ``value``". A bool is not an int here; numpy integers
+    are. With ``none_ok``, None passes (and is returned)."""
+    if value is None and none_ok:
+        return None
+    if expected is None:
+        bounds = (f" from {low} to {high}" if low is not None and high is not None
+                  else f" >= {low}" if low is not None else f" <= {high}" if high is not None else "")
+        expected = ("None or " if none_ok else "") + "an int" + bounds
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
+            or (low is not None and value < low) or (high is not None and value > high)):
+        raise ConfigError(f"{name} must be {expected}, got {value!r}")
+    return int(value)
