@@ -298,3 +298,21 @@ def test_a_warmed_store_reads_exactly_the_rows_written(tmp_path_factory, data):
         np.testing.assert_array_equal(store.lookup(everything), model)
     finally:
         store.close()
+
+
+# -- tools/bench_warm.py -------------------------------------------------------------------------------
+def test_bench_warm_tool_prints_warm_beside_cold(monkeypatch, capsys):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_warm.py"
+    spec = importlib.util.spec_from_file_location("tierstore_bench_warm", tool)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(sys, "argv", ["bench_warm.py", "--streams", "zipf", "--zipf-rows", "20000",
+                                      "--batches", "20", "--dim", "4"])
+    bench.main()
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 10 |")]
+    cold, warm = (float(cell.split()[0]) for cell in table[0].split("|")[2:4])
+    assert warm > cold + 0.05        # the first batches: the warm store holds the hot rows
