@@ -195,3 +195,25 @@ def test_overwrite_replaces_the_optimizer_state(tmp_path):
     ts.create(path, NEW_ROWS, 2, "float32", init=table(NEW_ROWS, 2), overwrite=True).close()
     assert not Path(f"{path}.adagrad").exists()
     assert state is not None and outcome(path) == "new"
+
+
+def test_salvage_walks_the_records_that_exist(tmp_path, monkeypatch):
+    """A sparse table of 2 billion rows with 3 records: salvage visits the 3 (it read all
+    2 billion ids one at a time); no id is probed on its own when no page is damaged."""
+    import importlib
+
+    salvage_module = importlib.import_module("tierstore.salvage")  # the module, not the function
+
+    probed = []
+    read_ids = salvage_module._read_ids
+    monkeypatch.setattr(salvage_module, "_read_ids",
+                        lambda env, db, ids, report: probed.append(len(ids)) or
+                        read_ids(env, db, ids, report))
+    src = tmp_path / "sparse"
+    with ts.create(src, 2_000_000_000, 2, "float32") as s:
+        s.update([5, 1_000_000_007, 1_999_999_999], np.ones((3, 2), np.float32))
+    report = ts.salvage(src, tmp_path / "copy")
+    assert report.ok and report.rows_copied == 3 and probed == []
+    with ts.open(tmp_path / "copy", readonly=True) as c:
+        assert c.lookup([5, 1_000_000_007, 1_999_999_999]).tolist() == [[1.0, 1.0]] * 3
+        assert not c.lookup([6, 1_999_999_998]).any()

@@ -9,6 +9,7 @@ import numpy as np
 from .config import DTYPES, StoreConfig
 from .errors import ConfigError, NonFiniteRowError, RowShapeError
 from .build import StoreBuild, recover
+from .progress import progress as progress_bar
 from .salvage import SalvageReport, salvage  # noqa: F401  (tierstore.api.salvage)
 from .store import CREATE_CHUNK, Store
 from .tier_sizes import check_fits, fitted_config
@@ -20,12 +21,16 @@ TRAIN_SAMPLE_ROWS = 4096
 
 
 def create(path, num_rows: int, dim: int, dtype="float16", init=None,
-           config: StoreConfig | None = None, overwrite: bool = False) -> Store:
+           config: StoreConfig | None = None, overwrite: bool = False,
+           progress: bool = False) -> Store:
     """Create a store of ``num_rows x dim`` rows at ``path`` and open it for writing.
 
     ``init`` gives every row's first value: ``None`` (zeros) or a number
     (nothing is written: such rows have no record), an ``(num_rows, dim)``
-    array, or a callable ``(start, stop) -> rows`` called chunk by chunk.
+    array, or a callable ``(start, stop) -> rows`` called chunk by chunk; each
+    chunk is validated and written before the next is asked for. The store is
+    built beside ``path`` and put there once complete: with ``overwrite``, the
+    old store stays until then. ``progress``: a bar on stderr (when a terminal).
     """
     config = StoreConfig() if config is None else config
     if not isinstance(config, StoreConfig):
@@ -49,7 +54,9 @@ def create(path, num_rows: int, dim: int, dtype="float16", init=None,
     build = StoreBuild(path, meta, getattr(codec, "dictionary", None), map_size=config.map_size,
                        max_map_size=config.max_map_size, overwrite=overwrite)
     try:
-        build.append_chunks(chunks or ())
+        with progress_bar(num_rows, f"create {path.name}",
+                          enabled=progress and chunks is not None) as bar:
+            build.append_chunks(_counted(chunks or (), bar))
     except BaseException:
         build.abort()
         raise
@@ -59,6 +66,12 @@ def create(path, num_rows: int, dim: int, dtype="float16", init=None,
     except BaseException:
         disk.close()
         raise
+
+
+def _counted(chunks, bar):
+    for start, rows in chunks:
+        yield start, rows
+        bar.update(len(rows))
 
 
 def open(path, config: StoreConfig | None = None, readonly: bool = False, *,

@@ -103,7 +103,7 @@ def _salvage(args):
     from .salvage import salvage
 
     report = salvage(args.src, args.dst, overwrite=args.overwrite, num_rows=args.num_rows,
-                     dim=args.dim, dtype=args.dtype, codec=args.codec)
+                     dim=args.dim, dtype=args.dtype, codec=args.codec, progress=not args.quiet)
     print(report)
     return 0 if report.ok else 1
 
@@ -472,6 +472,7 @@ def _add_salvage_command(sub):
     salv.add_argument("--dtype", choices=("float16", "float32", "float64"),
                       help="when the metadata is damaged")
     salv.add_argument("--codec", help="when the metadata is damaged")
+    salv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     salv.set_defaults(run=_salvage)
 
 
