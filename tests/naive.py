@@ -301,8 +301,9 @@ class NaiveLRU:
         self.hits = 0
         self.misses = 0
 
-    def access(self, key: int, count: int = 1) -> bool:
-        """One access (``count`` accesses of one id in one batch move it once)."""
+    def access(self, key: int, count: int = 1, ahead=frozenset(), walk: int = 64) -> bool:
+        """One access (``count`` accesses of one id in one batch move it once). Eviction takes
+        the oldest id not in ``ahead`` among the ``walk`` oldest, else the oldest."""
         if key in self.order:
             self.order.move_to_end(key)
             self.hits += 1
@@ -311,7 +312,9 @@ class NaiveLRU:
         if self.capacity == 0:
             return False
         if len(self.order) >= self.capacity:
-            self.order.popitem(last=False)
+            oldest = list(self.order)[:walk]
+            victim = next((k for k in oldest if k not in ahead), oldest[0])
+            del self.order[victim]
         self.order[key] = None
         return False
 
@@ -385,3 +388,25 @@ def run_cache_batched(cache, trace, batch):
                 misses += c
             cache.access(k, c)
     return hits, misses
+
+
+def run_lru_lookahead(cache, trace, batch, window):
+    """Feed ``trace`` in batches to a ``NaiveLRU``, each batch's evictions sparing the ids of
+    the next ``window`` batches; returns (hits, misses, rows read) counted as the planner does
+    (rows read: the batch's unique ids not resident as it began)."""
+    chunks = [[int(k) for k in trace[s:s + batch]] for s in range(0, len(trace), batch)]
+    hits = misses = reads = 0
+    for i, chunk in enumerate(chunks):
+        counts: dict[int, int] = {}
+        for k in chunk:
+            counts[k] = counts.get(k, 0) + 1
+        ahead = {k for later in chunks[i + 1:i + 1 + window] for k in later}
+        resident = cache.resident()
+        for k, c in counts.items():
+            if k in resident:
+                hits += c
+            else:
+                misses += c
+                reads += 1
+            cache.access(k, c, ahead)
+    return hits, misses, reads

@@ -12,9 +12,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import naive  # noqa: E402
 
 from tierstore.policy import POLICIES  # noqa: E402
-from tierstore.policy.planner import simulate_trace  # noqa: E402
+from tierstore.policy.planner import simulate_lookahead, simulate_trace  # noqa: E402
 from tierstore.policy.queries import check_invariants  # noqa: E402
-from tierstore.policy.state import (ADMISSIONS, DEVICE_HITS, EVICTIONS, MISSES,  # noqa: E402
+from tierstore.policy.state import (ADMISSIONS, AHEAD_LIVE, DISK_READS, DEVICE_HITS, EVICTIONS, MISSES,  # noqa: E402
                                     RAM_HITS, USED, CacheState)
 
 # numba compiles the planner on its first call: no per-example deadline
@@ -176,3 +176,42 @@ def test_batch_size_keeps_access_total(policy, batch):
     assert len(state.resident()) == 32
     if batch == 1:
         assert state.meta[ADMISSIONS] == _misses(state)
+
+
+# =========================================================================== lookahead
+
+
+@jit_settings
+@given(device_rows=st.integers(0, 3), ram_rows=st.integers(1, 6), batch=st.integers(1, 5),
+       window=st.integers(0, 3), trace=st.lists(st.integers(0, 12), max_size=120))
+def test_lru_lookahead_matches_naive(device_rows, ram_rows, batch, window, trace):
+    """Evictions spare the rows the next ``window`` batches use; rows read count once per
+    unique missing id and batch."""
+    state = CacheState.new(device_rows, ram_rows, "lru", lookahead_ids=window * batch)
+    simulate_lookahead(state.arrays(), np.asarray(trace, dtype=np.int64), batch, window)
+    ref = naive.NaiveLRU(device_rows + ram_rows)
+    hits, misses, reads = naive.run_lru_lookahead(ref, trace, batch, window)
+    assert (_hits(state), _misses(state), int(state.meta[DISK_READS])) == (hits, misses, reads)
+    assert set(state.resident()) == ref.resident()
+    assert state.meta[AHEAD_LIVE] == 0          # every submitted batch left the window
+    assert check_invariants(state.arrays()) == 0
+
+
+def test_lookahead_spares_the_row_the_next_batch_uses():
+    trace = np.array([1, 2, 3, 1], dtype=np.int64)
+    plain = CacheState.new(0, 2, "lru")
+    simulate_trace(plain.arrays(), trace, 1)
+    ahead = CacheState.new(0, 2, "lru", lookahead_ids=1)
+    simulate_lookahead(ahead.arrays(), trace, 1, 1)
+    assert (_hits(plain), _hits(ahead)) == (0, 1)   # 3 evicts 2, not 1, which comes next
+
+
+@pytest.mark.parametrize("policy", ["adaptive", "wtinylfu", "lfu"])
+def test_lookahead_keeps_invariants_and_counts(policy):
+    rng = np.random.default_rng(3)
+    trace = np.concatenate([rng.zipf(1.2, 3000) % 300, rng.integers(0, 1000, 2000)]).astype(np.int64)
+    state = CacheState.new(8, 24, policy, lookahead_ids=4 * 16)
+    simulate_lookahead(state.arrays(), trace, 16, 4)
+    assert _hits(state) + _misses(state) == len(trace)
+    assert state.meta[AHEAD_LIVE] == 0
+    assert check_invariants(state.arrays()) == 0

@@ -125,13 +125,15 @@ def test_zipf_fit_and_coverage():
 
 
 def test_recommendation_reaches_the_target(zipf_trace):
+    # LRU: its hit ratio grows smoothly with memory, so the search's precision shows (the
+    # adaptive window's hit ratio can jump half a point between sizes 3% apart)
     stats = P.trace_stats(zipf_trace)
-    anchor = (50, 450, P.simulate(zipf_trace, 50, 450))
-    rec = P.recommend(zipf_trace, stats, 0.8, 0.1, anchor=anchor, sample_accesses=50_000)
+    anchor = (50, 450, P.simulate(zipf_trace, 50, 450, "lru"))
+    rec = P.recommend(zipf_trace, stats, 0.8, 0.1, "lru", anchor=anchor, sample_accesses=50_000)
     assert rec.reachable and rec.met and rec.sample_rate == 0.25
     assert rec.verified.combined >= 0.8
     assert rec.device_rows == round(0.1 * rec.memory_rows)
-    again = P.simulate(zipf_trace, rec.device_rows, rec.ram_rows)
+    again = P.simulate(zipf_trace, rec.device_rows, rec.ram_rows, "lru")
     assert again.combined == rec.verified.combined
     short = [t for t, h in rec.tried if h < 0.8]
     # within 2% of memory of a size that falls short, or at most 0.2 points over the target
@@ -189,8 +191,31 @@ def test_profile_command_json(tmp_path, zipf_trace):
     assert rec["memory_rows"] == rec["device_rows"] + rec["ram_rows"]
     bw = rep["bandwidth"]["given"]
     adaptive = res["adaptive"]
-    assert bw["disk_reads"]["rows_per_s"] == pytest.approx(2e6 * adaptive["miss_ratio"])
+    assert bw["disk_reads"]["rows_per_s"] == pytest.approx(2e6 * adaptive["read_ratio"])
     assert bw["ram_reads"]["bytes_per_s"] == pytest.approx(2e6 * adaptive["ram_hit_ratio"] * 512)
+
+
+def test_batched_replay_reads_each_row_once_a_batch(zipf_trace):
+    one = P.simulate(zipf_trace, 50, 450, "lru", batch=1)
+    big = P.simulate(zipf_trace, 50, 450, "lru", batch=1024)
+    assert one.disk_reads == one.misses
+    # a batch's repeats of a missing id are served by the disk, from one read
+    assert big.disk_reads < big.misses
+    assert big.read_hit > big.combined
+
+
+def test_profile_command_lookahead(tmp_path, zipf_trace):
+    path = tmp_path / "trace.npy"
+    np.save(path, zipf_trace[:20_000])
+    out = run_cli("profile", path, "--policies", "lru", "--batch", 16, "--lookahead", 2,
+                  "--device-rows", 10, "--ram-rows", 90, "--json")
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["simulation"]["lookahead"] == 2
+    lru = rep["simulation"]["results"]["lru"]
+    ahead = P.simulate(zipf_trace[:20_000], 10, 90, "lru", batch=16, lookahead=2)
+    plain = P.simulate(zipf_trace[:20_000], 10, 90, "lru", batch=16)
+    assert lru["disk_reads"] == ahead.disk_reads < plain.disk_reads
 
 
 def test_profile_command_text_raw(tmp_path, zipf_trace):

@@ -174,3 +174,19 @@ def test_tiers_are_clamped_to_the_table(tmp_path):
         s.lookup(np.arange(1000))
         assert s.stats()["misses"] == 1000 and s.lookup(np.arange(1000)).shape == (1000, 64)
         assert s.stats()["misses"] == 1000               # every row now in memory
+
+
+def test_disk_reads_count_rows_read_not_accesses(tmp_path):
+    """A lookup reads a missing row once however often it holds the id; every access is
+    still served by one tier."""
+    with ts.create(tmp_path / "s", 100, 4, "float32",
+                   config=ts.StoreConfig(device_rows=2, ram_rows=8)) as store:
+        store.lookup(np.array([5, 5, 5, 7]))
+        s = store.stats()
+        assert (s["lookups"], s["misses"], s["disk"]["accesses"], s["disk"]["reads"]) == (4, 4, 4, 2)
+        assert (s["hit_ratio"], s["read_hit_ratio"]) == (0.0, 0.5)
+        store.lookup(np.array([7, 5, 9, 9]))
+        s = store.stats()
+        assert s["device"]["hits"] + s["ram"]["hits"] == 2
+        assert (s["lookups"], s["disk"]["accesses"], s["disk"]["reads"]) == (8, 6, 3)
+        assert s["read_hit_ratio"] == 1 - 3 / 8

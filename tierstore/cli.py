@@ -198,7 +198,8 @@ def _profile(args):
     if num_rows is None and store_rows is not None and not (args.ngram or args.text):
         num_rows = store_rows           # the store's table is the id space
     spec = P.ProfileSpec(device_rows=args.device_rows, ram_rows=args.ram_rows,
-                         policies=tuple(args.policies), batch=args.batch, warmup=args.warmup,
+                         policies=tuple(args.policies), batch=args.batch,
+                         lookahead=args.lookahead, warmup=args.warmup,
                          target=args.target, device_target=args.device_target,
                          lookup_rate=args.lookup_rate, row_bytes=row_bytes,
                          row_bytes_from=row_bytes_from, num_rows=num_rows, sample_accesses=args.sample_accesses,
@@ -312,6 +313,9 @@ def _add_profile_command(sub):
                       "largest id + 1, or the hasher's rows with --ngram)")
     prof.add_argument("--batch", type=_positive_int, default=1,
                       help="ids per lookup call (default 1: sequential)")
+    prof.add_argument("--lookahead", type=_nonneg_int, default=0,
+                      help="batches submitted ahead of each lookup (prefetch, lookup_async): "
+                      "eviction spares the rows they will use (default 0)")
     prof.add_argument("--warmup", type=_fraction, default=0.0,
                       help="share of the trace that only warms the cache (default 0)")
     prof.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES,

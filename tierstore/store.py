@@ -430,7 +430,16 @@ class Store(TableStore):
 
     # -- inspecting ------------------------------------------------------------------------
     def stats(self) -> dict:
-        """Per-tier hits, promotions, evictions and bytes moved since the store was opened."""
+        """Per-tier hits, promotions, evictions and bytes moved since the store was opened.
+
+        Every looked-up id (duplicates included) is one of ``lookups``, served by the tier
+        that held its row when its lookup began: ``device.hits``, ``ram.hits`` or the disk
+        (``disk.accesses``, also ``misses``); ``hit_ratio`` is the share served by memory.
+        A lookup reads each missing row once, however often it holds the id: ``disk.reads``
+        counts rows read (per unique id and lookup, staged prefetches included),
+        ``disk.bytes_read`` the bytes LMDB gave for them, and ``read_hit_ratio`` is
+        ``1 - disk.reads / lookups``, the figure a one-id-at-a-time cache simulator reports.
+        """
         with self._exclusive():
             return self._stats()
 
@@ -450,9 +459,13 @@ class Store(TableStore):
             "ram": {"hits": int(m[S.RAM_HITS]), "hit_ratio": ratio(m[S.RAM_HITS]),
                     "rows": resident - on_device,
                     "capacity": int(m[S.CAPACITY] - m[S.DEVICE_ROWS])},
-            "disk": {"reads": int(m[S.MISSES]), "read_ratio": ratio(m[S.MISSES]),
+            # a batch reads a row once however often it uses it: ``reads`` are rows read
+            # (per unique id and lookup), ``accesses`` the looked-up ids they served
+            "disk": {"reads": int(m[S.DISK_READS]), "read_ratio": ratio(m[S.DISK_READS]),
+                     "accesses": int(m[S.MISSES]), "access_ratio": ratio(m[S.MISSES]),
                      "bytes_read": self._disk.bytes_read, "bytes_written": self._disk.bytes_written},
             "hit_ratio": ratio(m[S.DEVICE_HITS] + m[S.RAM_HITS]),
+            "read_hit_ratio": 1.0 - ratio(m[S.DISK_READS]) if lookups else 0.0,
             "misses": int(m[S.MISSES]),
             "admissions": int(m[S.ADMISSIONS]),
             "evictions": int(m[S.EVICTIONS]),

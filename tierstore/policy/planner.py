@@ -25,8 +25,9 @@ from ..kernels.sketch import sketch_add, sketch_estimate
 from ..kernels.slotmap import slotmap_delete, slotmap_put
 from .queries import probe
 from .ghosts import ghost_push, ghost_take
+from .lookahead import ahead_add, ahead_remove
 from .residency import on_hit, on_insert, on_remove, pick_victim, record_access
-from .state import (ADMISSIONS, BAR_RESCAN, BAR_SKIPS, CAPACITY, DEMOTIONS, DEVICE_BAR, DEVICE_HAND, DEVICE_HITS, DEVICE_ROWS,
+from .state import (DISK_READS, ADMISSIONS, BAR_RESCAN, BAR_SKIPS, CAPACITY, DEMOTIONS, DEVICE_BAR, DEVICE_HAND, DEVICE_HITS, DEVICE_ROWS,
                     DEVICE_SAMPLE, EPOCH, EVICTIONS, FREE_DEVICE, FREE_RAM, MISSES, PROMOTIONS,
                     RAM_HITS, USED, VICTIM_FROM_MAIN, WRITEBACKS)
 
@@ -46,6 +47,7 @@ def _take_free_slot(meta, free_device, free_ram):
 def _count_start_tier(meta, start, count):
     if start < 0:
         meta[MISSES] += count
+        meta[DISK_READS] += 1   # the batch reads the row once, however often it uses it
     elif start < meta[DEVICE_ROWS]:
         meta[DEVICE_HITS] += count
     else:
@@ -67,11 +69,13 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
         key = uniq[u]
         c = counts[u]
         _count_start_tier(meta, start_slot[u], c)
-        sketch_add(sketch, sketch_state, key, min(c, MAX_COUNT))
         # a batch id stays resident from the batch's start until its own turn, or its
         # entry was taken by another id: the probe from the batch's start still tells
         e = start_entry[u]
-        if e >= 0 and entry_id[e] == key:
+        hit = e >= 0 and entry_id[e] == key
+        prior = 0 if hit else sketch_estimate(sketch, key)
+        sketch_add(sketch, sketch_state, key, min(c, MAX_COUNT))
+        if hit:
             on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, c)
             record_access(meta, fmeta, seg, prev, nxt, True, c, -1)
             fresh[u] = False
@@ -84,7 +88,7 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
                 phys[e] = p
                 owner[p] = e
             else:
-                e = pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch)
+                e = pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch, st.ahead_keys, st.ahead_vals)
                 on_remove(meta, seg, prev, nxt, freq, stamp, heap, hpos, e)
                 ghost_push(meta, ghost_ring, ghost_keys, ghost_vals, meta[VICTIM_FROM_MAIN],
                            entry_id[e])
@@ -102,7 +106,7 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
             slotmap_put(keys, vals, key, e)
             dirty[e] = 0
             born[e] = epoch
-            on_insert(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, c)
+            on_insert(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, c, prior)
             meta[ADMISSIONS] += 1
             record_access(meta, fmeta, seg, prev, nxt, False, c, ghost)
             fresh[u] = True
@@ -237,5 +241,32 @@ def simulate_sequential(st, trace):
     for i in range(len(trace)):
         uniq[0] = trace[i]
         probe(st, uniq, start_entry, start_slot)
+        plan_batch(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot,
+                   ev_dirty, sw_u, sw_from, sw_to, sw_has_y)
+
+
+@njit(cache=True)
+def _batch(trace, batch, i):
+    return dedupe(trace[i * batch:(i + 1) * batch])[0]
+
+
+@njit(cache=True)
+def simulate_lookahead(st, trace, batch, window):
+    """Replay ``trace`` in batches as ``simulate_trace`` does, each batch planned while the
+    next ``window`` batches are submitted (in the state's lookahead map)."""
+    n_batches = (len(trace) + batch - 1) // batch
+    for i in range(1, min(window, n_batches - 1) + 1):  # batch 0 is planned first
+        ahead_add(st, _batch(trace, batch, i))
+    for i in range(n_batches):
+        uniq, _, counts = dedupe(trace[i * batch:(i + 1) * batch])
+        if i > 0 and window > 0:
+            ahead_remove(st, uniq)
+            if i + window < n_batches:
+                ahead_add(st, _batch(trace, batch, i + window))
+        n = len(uniq)
+        start_entry = np.empty(n, dtype=np.int64)
+        start_slot = np.empty(n, dtype=np.int64)
+        probe(st, uniq, start_entry, start_slot)
+        aslot, fresh, ev_id, ev_slot, ev_dirty, sw_u, sw_from, sw_to, sw_has_y = plan_outputs(n)
         plan_batch(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot,
                    ev_dirty, sw_u, sw_from, sw_to, sw_has_y)

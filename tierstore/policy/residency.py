@@ -19,8 +19,9 @@ from numba import njit
 
 from ..kernels.sketch import sketch_estimate
 from .heap import heap_push, heap_remove, heap_sift_down
+from .lookahead import is_ahead
 from .lists import list_back, list_push_front, list_remove, list_size
-from .state import (ADAPTIVE, CAPACITY, GHOST_HITS, GHOST_MARGIN, HILL_STEP, LFU, LRU, NO_SEGMENT, POLICY,
+from .state import (AHEAD_WALK, REPEAT_ADMIT, ADAPTIVE, CAPACITY, GHOST_HITS, GHOST_MARGIN, HILL_STEP, LFU, LRU, NO_SEGMENT, POLICY,
                     PROBATION, PROTECTED, PROTECTED_CAP, PROTECTED_SHARE, SAMPLE_HITS,
                     SAMPLE_MISSES, SAMPLE_SIZE, STEP, TICK, VICTIM_FROM_MAIN,
                     WINDOW, WINDOW_CAP, WINDOW_F, RECENT_SHIFT)
@@ -68,13 +69,19 @@ def on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, count):
 
 
 @njit(cache=True, _nrt=False)
-def on_insert(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, count):
-    """Place a newly resident entry in the policy's order."""
+def on_insert(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, count, prior):
+    """Place a newly resident entry in the policy's order; ``prior``: the sketch's count of
+    its id before this batch."""
     meta[TICK] += 1
     freq[e] = count
     stamp[e] = meta[TICK]
     if meta[POLICY] == LFU:
         heap_push(meta, heap, hpos, freq, stamp, e)
+    elif meta[POLICY] == ADAPTIVE and prior >= REPEAT_ADMIT:
+        # used often before and back: main's probation, as a hit in ARC's ghost enters its
+        # frequent list, rather than a window it would have to leave through TinyLFU again
+        list_push_front(meta, prev, nxt, PROBATION, e)
+        seg[e] = PROBATION
     else:
         list_push_front(meta, prev, nxt, WINDOW, e)
         seg[e] = WINDOW
@@ -92,14 +99,32 @@ def on_remove(meta, seg, prev, nxt, freq, stamp, heap, hpos, e):
 
 
 @njit(cache=True, _nrt=False)
-def pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch):
-    """The entry to evict when memory is full and a newcomer must enter."""
+def _oldest_not_ahead(meta, prev, entry_id, ahead_keys, ahead_vals, segment):
+    """The oldest entry of ``segment`` that no submitted lookup will use, among its last
+    ``AHEAD_WALK``; -1 if the segment is empty or all of those are about to be used."""
+    e = list_back(meta, segment)
+    for _ in range(AHEAD_WALK):
+        if e < 0 or not is_ahead(meta, ahead_keys, ahead_vals, entry_id[e]):
+            return e
+        e = np.int64(prev[e])
+    return np.int64(-1)
+
+
+@njit(cache=True, _nrt=False)
+def pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch, ahead_keys, ahead_vals):
+    """The entry to evict when memory is full and a newcomer must enter. Rows that lookups
+    already submitted will use (``lookahead``) are passed over where another is near."""
     policy = meta[POLICY]
     if policy == LFU:
         return np.int64(heap[0])
     if policy == LRU:
-        return list_back(meta, WINDOW)
-    victim = list_back(meta, PROBATION)
+        victim = _oldest_not_ahead(meta, prev, entry_id, ahead_keys, ahead_vals, WINDOW)
+        return victim if victim >= 0 else list_back(meta, WINDOW)
+    victim = _oldest_not_ahead(meta, prev, entry_id, ahead_keys, ahead_vals, PROBATION)
+    if victim < 0:
+        victim = _oldest_not_ahead(meta, prev, entry_id, ahead_keys, ahead_vals, PROTECTED)
+    if victim < 0:
+        victim = list_back(meta, PROBATION)
     if victim < 0:
         victim = list_back(meta, PROTECTED)
     meta[VICTIM_FROM_MAIN] = 1
@@ -109,8 +134,10 @@ def pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch):
         meta[VICTIM_FROM_MAIN] = 0
         return list_back(meta, WINDOW)
     candidate = list_back(meta, WINDOW)
-    # TinyLFU admission: the window's oldest row enters main only if used more often
-    if victim >= 0 and sketch_estimate(sketch, entry_id[candidate]) > sketch_estimate(sketch, entry_id[victim]):
+    # TinyLFU admission: the window's oldest row enters main only if used more often. (Also
+    # admitting it when a submitted lookup will use it cost 1 point at 10% on real text.)
+    if victim >= 0 and sketch_estimate(sketch, entry_id[candidate]) > \
+            sketch_estimate(sketch, entry_id[victim]):
         _move(meta, seg, prev, nxt, candidate, PROBATION)
         return victim
     meta[VICTIM_FROM_MAIN] = 0

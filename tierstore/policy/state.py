@@ -32,7 +32,8 @@ NO_SEGMENT, WINDOW, PROBATION, PROTECTED = -1, 0, 1, 2
  DEVICE_HITS, RAM_HITS, MISSES, ADMISSIONS, EVICTIONS, PROMOTIONS, DEMOTIONS,
  WRITEBACKS, DEVICE_BAR, BAR_SKIPS,
  GHOST_CAP, GHOST_HEAD, GHOST_HEAD_MAIN, GHOST_LIVE, GHOST_LIVE_MAIN, VICTIM_FROM_MAIN,
- GHOST_HITS, GHOST_HITS_MAIN, META_LEN) = range(43)
+ GHOST_HITS, GHOST_HITS_MAIN, DISK_READS, AHEAD_CAP, AHEAD_LIVE, AHEAD_SPARED,
+ META_LEN) = range(47)
 
 # ghosts: ids the window evicted (TinyLFU refused them main) and ids main evicted
 GHOST_WINDOW, GHOST_MAIN = 0, 1
@@ -46,13 +47,19 @@ PROTECTED_SHARE = 0.8
 RECENT_SHIFT = 3  # W-TinyLFU leaves a hit row in place if it moved within capacity >> 3 moves
 DEVICE_SAMPLE = 8
 BAR_RESCAN = 64  # a candidate under the last scan's bar skips the scan, but not this many in a row
+# ``adaptive``: a newcomer the sketch has already counted this many times enters main's
+# probation segment directly, as a hit in ARC's ghost enters its frequent list; +1.2 points on
+# real text at 5% of the rows, +0.5 on Zipf 1.0 at 1% (docs/BENCHMARKS.md)
+REPEAT_ADMIT = 3
+# eviction passes over at most this many rows that lookups already submitted will use
+AHEAD_WALK = 64
 
 # CacheState's arrays as the kernels take them: one argument whose fields they read by name
 # (a namedtuple compiles to the same code as a plain tuple of the arrays)
 StateArrays = namedtuple("StateArrays", (
     "meta", "fmeta", "keys", "vals", "entry_id", "phys", "owner", "dirty", "seg", "prev", "next",
     "freq", "stamp", "heap", "hpos", "born", "seen", "swapped", "free_device", "free_ram",
-    "sketch", "sketch_state", "ghost_ring", "ghost_keys", "ghost_vals"))
+    "sketch", "sketch_state", "ghost_ring", "ghost_keys", "ghost_vals", "ahead_keys", "ahead_vals"))
 
 
 @dataclass
@@ -84,9 +91,14 @@ class CacheState:
     ghost_ring: np.ndarray
     ghost_keys: np.ndarray
     ghost_vals: np.ndarray
+    ahead_keys: np.ndarray
+    ahead_vals: np.ndarray
 
     @classmethod
-    def new(cls, device_rows: int, ram_rows: int, policy: str, sketch_width: int | None = None):
+    def new(cls, device_rows: int, ram_rows: int, policy: str, sketch_width: int | None = None,
+            lookahead_ids: int = 0):
+        """``lookahead_ids``: how many ids of lookups submitted ahead (``policy.lookahead``)
+        the state can hold; eviction spares the resident rows among them."""
         capacity = device_rows + ram_rows
         meta = np.zeros(META_LEN, dtype=np.int64)
         meta[[HEAD0, TAIL0, HEAD1, TAIL1, HEAD2, TAIL2]] = -1
@@ -108,6 +120,8 @@ class CacheState:
         keys, vals = new_slotmap(capacity)
         sketch, sketch_state = new_sketch(capacity, sketch_width)
         ghost_keys, ghost_vals = new_slotmap(2 * ghost_cap)
+        meta[AHEAD_CAP] = max(0, int(lookahead_ids))
+        ahead_keys, ahead_vals = new_slotmap(max(1, meta[AHEAD_CAP]))
         return cls(
             meta=meta,
             fmeta=fmeta,
@@ -134,6 +148,8 @@ class CacheState:
             ghost_ring=np.full(2 * ghost_cap, -1, dtype=np.int64),
             ghost_keys=ghost_keys,
             ghost_vals=ghost_vals,
+            ahead_keys=ahead_keys,
+            ahead_vals=ahead_vals,
         )
 
     def arrays(self) -> StateArrays:

@@ -22,6 +22,7 @@ class ProfileSpec:
     ram_rows: int | None = None
     policies: tuple = POLICIES
     batch: int = 1
+    lookahead: int = 0                      # batches submitted ahead of the one planned
     warmup: float = 0.0
     target: float = 0.9
     device_target: float | None = None
@@ -83,12 +84,14 @@ def profile(trace: np.ndarray, spec: ProfileSpec, source: dict | None = None, lo
     sims = {}
     for p in policies:
         log(f"replaying {stats.accesses:,} accesses under {p}")
-        sims[p] = simulate(trace, device_rows, ram_rows, p, spec.batch, start)
+        sims[p] = simulate(trace, device_rows, ram_rows, p, spec.batch, start,
+                           lookahead=spec.lookahead)
     log("static optimum and Belady MIN")
     sims["static optimum"] = static_optimum(stats, device_rows, ram_rows, start)
     sims["Belady MIN"] = belady(stats, device_rows, ram_rows, start)
     report["simulation"] = {
         "device_rows": device_rows, "ram_rows": ram_rows, "batch": spec.batch,
+        "lookahead": spec.lookahead,
         "warmup_accesses": start, "measured_accesses": measured,
         "default_policy": DEFAULT_POLICY,
         "replay": SEQUENTIAL.mode if spec.batch == 1 else "simulate_trace",

@@ -18,14 +18,19 @@ from .stats import TraceStats
 
 DEFAULT_POLICY = StoreConfig.__dataclass_fields__["policy"].default
 COUNTERS = ("device_hits", "ram_hits", "misses", "admissions", "evictions", "promotions",
-            "demotions")
+            "demotions", "disk_reads")
 _COUNTER_SLOTS = (S.DEVICE_HITS, S.RAM_HITS, S.MISSES, S.ADMISSIONS, S.EVICTIONS, S.PROMOTIONS,
-                  S.DEMOTIONS)
+                  S.DEMOTIONS, S.DISK_READS)
 
 
 @dataclass
 class SimResult:
-    """Counters of one replay over its measured accesses."""
+    """Counters of one replay over its measured accesses.
+
+    ``device_hits``, ``ram_hits`` and ``misses`` say which tier served each access (a batch's
+    repeats of a missing id are served by the disk read of its first); ``disk_reads`` counts
+    the rows read (one per unique missing id and batch; ``misses`` when None, as for the
+    bounds, which replay one access at a time)."""
 
     name: str
     accesses: int
@@ -36,7 +41,12 @@ class SimResult:
     evictions: int = 0
     promotions: int = 0
     demotions: int = 0
+    disk_reads: int | None = None
     seconds: float = 0.0
+
+    def __post_init__(self):
+        if self.disk_reads is None:
+            self.disk_reads = self.misses
 
     @property
     def device(self) -> float:
@@ -50,10 +60,16 @@ class SimResult:
     def combined(self) -> float:
         return (self.device_hits + self.ram_hits) / self.accesses
 
+    @property
+    def read_hit(self) -> float:
+        """1 - rows read / accesses: what a one-access-at-a-time simulator calls hit ratio."""
+        return 1.0 - self.disk_reads / self.accesses
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out.update(device_hit_ratio=self.device, ram_hit_ratio=self.ram,
-                   combined_hit_ratio=self.combined, miss_ratio=1.0 - self.combined)
+                   combined_hit_ratio=self.combined, miss_ratio=1.0 - self.combined,
+                   read_ratio=1.0 - self.read_hit, read_hit_ratio=self.read_hit)
         return out
 
 
@@ -81,11 +97,17 @@ SEQUENTIAL = _Sequential()
 
 
 def simulate(trace: np.ndarray, device_rows: int, ram_rows: int, policy: str = DEFAULT_POLICY,
-             batch: int = 1, start: int = 0, name: str | None = None) -> SimResult:
-    """Replay ``trace`` through the store's planner; count accesses from ``start`` on."""
+             batch: int = 1, start: int = 0, name: str | None = None,
+             lookahead: int = 0) -> SimResult:
+    """Replay ``trace`` through the store's planner; count accesses from ``start`` on.
+    ``lookahead``: each batch is planned while the next ``lookahead`` batches are already
+    submitted (``policy.lookahead``), as with ``prefetch`` or ``lookup_async`` run ahead."""
     if policy not in POLICIES:
         raise ConfigError(f"policy must be one of {POLICIES}, got {policy!r}")
-    state = CacheState.new(int(device_rows), int(ram_rows), policy)
+    if lookahead < 0:
+        raise ConfigError(f"--lookahead must be at least 0, got {lookahead}")
+    state = CacheState.new(int(device_rows), int(ram_rows), policy,
+                           lookahead_ids=lookahead * batch)
     st = state.arrays()
     trace = np.asarray(trace)
     t0 = time.perf_counter()
@@ -93,7 +115,9 @@ def simulate(trace: np.ndarray, device_rows: int, ram_rows: int, policy: str = D
     def replay(part):
         if len(part) == 0:
             return
-        if batch == 1:
+        if lookahead:
+            _planner.simulate_lookahead(st, part, batch, lookahead)
+        elif batch == 1:
             SEQUENTIAL.run(st, part)
         else:
             _planner.simulate_trace(st, part, batch)

@@ -230,7 +230,7 @@ def bandwidth(result: SimResult, lookup_rate: float, row_bytes: int) -> dict:
     rows = {
         "device_reads": result.device_hits,
         "ram_reads": result.ram_hits,
-        "disk_reads": result.misses,
+        "disk_reads": result.disk_reads,   # rows read: once per unique id and batch
         "admissions": result.admissions,
         "promotions": result.promotions,
         "demotions": result.demotions,

@@ -57,6 +57,8 @@ def format_report(report: dict) -> str:
                if sim["warmup_accesses"] else
                f"all {_n(sim['measured_accesses'])} accesses counted, cold start included")
     batch = "sequential (batch 1)" if sim["batch"] == 1 else f"batches of {_n(sim['batch'])} ids"
+    if sim.get("lookahead"):
+        batch += f", {sim['lookahead']} batches submitted ahead"
     out.append(f"Hit ratios: device {_n(sim['device_rows'])} rows + RAM {_n(sim['ram_rows'])} "
                f"rows, {batch}, {counted}")
     rows = []
@@ -64,8 +66,11 @@ def format_report(report: dict) -> str:
         label = name + (" (default)" if name == sim["default_policy"] else "")
         speed = f"{r['ns_per_access']:.0f}" if "ns_per_access" in r else ""
         rows.append([label, f"{r['device_hit_ratio']:.3f}", f"{r['ram_hit_ratio']:.3f}",
-                     f"{r['combined_hit_ratio']:.3f}", f"{r['miss_ratio']:.3f}", speed])
-    out += _table(["policy", "device", "RAM", "combined", "disk reads", "ns/access"], rows)
+                     f"{r['combined_hit_ratio']:.3f}", f"{r['miss_ratio']:.3f}",
+                     f"{r['read_ratio']:.3f}", speed])
+    out += _table(["policy", "device", "RAM", "combined", "disk", "rows read", "ns/access"], rows)
+    out.append("device, RAM, disk: share of accesses each tier served; rows read: rows read from "
+               "disk per access (a batch reads a row once, however often it uses it).")
     out.append("static optimum: the most used rows pinned from the start (no cold misses); "
                "Belady MIN: the offline optimum of a demand-filled cache.")
     if sim["replay"] == "simulate_trace":
