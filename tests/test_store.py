@@ -161,7 +161,7 @@ def test_create_holds_one_chunk_at_a_time(tmp_path, monkeypatch):
     with ts.open(tmp_path / "s60", readonly=True) as s:
         ids = np.array([0, chunk - 1, chunk, 60 * chunk - 1])
         np.testing.assert_array_equal(s.lookup(ids)[:, -1], ids.astype(np.float32))
-        assert s._disk.stored_rows() == 60 * chunk
+        assert s.disk.stored_rows() == 60 * chunk
 
 
 def test_tiers_are_clamped_to_the_table(tmp_path):
@@ -190,3 +190,14 @@ def test_disk_reads_count_rows_read_not_accesses(tmp_path):
         assert s["device"]["hits"] + s["ram"]["hits"] == 2
         assert (s["lookups"], s["disk"]["accesses"], s["disk"]["reads"]) == (8, 6, 3)
         assert s["read_hit_ratio"] == 1 - 3 / 8
+
+
+def test_resident_ids_are_the_rows_in_memory(tmp_path):
+    with ts.create(tmp_path / "s", 1000, 4, config=ts.StoreConfig(device_rows=3, ram_rows=5)) as s:
+        assert len(s.resident_ids()) == 0
+        s.lookup(np.array([7, 8, 9]))
+        assert sorted(s.resident_ids().tolist()) == [7, 8, 9]
+        s.lookup(np.arange(100, 200))
+        resident = s.resident_ids()
+        assert len(resident) == 8 and set(resident.tolist()) <= set(range(7, 10)) | set(range(100, 200))
+        assert s.stats()["misses"] == 103

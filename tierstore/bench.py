@@ -111,7 +111,7 @@ def _resident_path(path, spec, table):
         warm = zipf_ids(spec.rows, 1.0, spec.batch * spec.warmup, seed=spec.seed + 7)
         for b in warm.reshape(-1, spec.batch):
             store.lookup(b)
-        resident = np.fromiter(store._state.resident().keys(), dtype=np.int64)
+        resident = store.resident_ids()
         rng = np.random.default_rng(spec.seed + 8)
         # draw with the Zipf skew of the stream, restricted to resident rows
         ids = resident[np.minimum(zipf_ids(len(resident), 1.0, spec.batch * spec.timed,

@@ -429,6 +429,12 @@ class Store(TableStore):
         self._staging.clear()
 
     # -- inspecting ------------------------------------------------------------------------
+    def resident_ids(self) -> np.ndarray:
+        """Ids of the rows in memory (device and RAM tiers) now, in the bookkeeping's order."""
+        with self._exclusive():
+            self._check_open()
+            return np.fromiter(self._state.resident().keys(), dtype=np.int64)
+
     def stats(self) -> dict:
         """Per-tier hits, promotions, evictions and bytes moved since the store was opened.
 
