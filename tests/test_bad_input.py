@@ -436,11 +436,11 @@ def test_nonfinite_create_init_rejected(tmp_path):
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_nonfinite_allowed_when_configured(tmp_path, dtype):
     path = tmp_path / "s"
-    cfg = tiny(allow_nonfinite=True)
+    cfg = tiny()
     init = np.ones((NUM_ROWS, DIM), np.float32)
     init[5, 0], init[6, 1], init[7, 2] = np.nan, np.inf, -np.inf
     model = init.astype(dtype)
-    with ts.create(path, NUM_ROWS, DIM, dtype, init=init, config=cfg) as s:
+    with ts.create(path, NUM_ROWS, DIM, dtype, init=init, config=cfg, allow_nonfinite=True) as s:
         rows = np.ones((3, DIM), np.float32)
         rows[0, 0], rows[1, 1], rows[2, 2] = np.nan, np.inf, 1e6  # 1e6 is inf in float16
         s.update(IDS3, rows)
@@ -452,7 +452,11 @@ def test_nonfinite_allowed_when_configured(tmp_path, dtype):
         np.testing.assert_array_equal(read_all(s), model)
         assert s.check().ok
     verify_readonly(path, model, config=cfg)
-    # and with a config that does not allow them, reading is still fine
+    # the rule is the table's: a plain reopen still takes them
+    with ts.open(path, config=cfg) as s:
+        assert s.format.allow_nonfinite
+        s.update([9], np.full((1, DIM), -np.inf, np.float32))
+        model[9] = -np.inf
     verify_readonly(path, model)
 
 
@@ -536,13 +540,6 @@ BAD_CONFIG = [
     pytest.param({"device": None}, "device must be", id="device-None"),
     pytest.param({"policy": "fifo"}, "policy must be one of", id="policy"),
     pytest.param({"policy": None}, "policy must be one of", id="policy-None"),
-    pytest.param({"codec": "lz4"}, "unknown codec", id="codec-name"),
-    pytest.param({"codec": {"id": "brotli"}}, "unknown codec", id="codec-dict"),
-    pytest.param({"codec": 5}, "unknown codec", id="codec-int"),
-    pytest.param({"codec": {"id": "zstd", "level": 0}}, "zstd level must be an int in 1..22, got 0", id="zstd-level-0"),
-    pytest.param({"codec": {"id": "zstd", "level": 23}}, "zstd level", id="zstd-level-23"),
-    pytest.param({"codec": {"id": "zstd", "dict_size": -1}}, "dict_size", id="zstd-dict-size"),
-    pytest.param({"codec": {"id": "zstd", "bogus": 1}}, "bad parameters for codec 'zstd'", id="zstd-unknown-param"),
     pytest.param({"map_size": (1 << 20) - 1}, "map_size must be an int of at least 1 MiB", id="map_size-small"),
     pytest.param({"map_size": 0}, "map_size must be", id="map_size-0"),
     pytest.param({"map_size": float(1 << 30)}, "map_size must be", id="map_size-float"),
@@ -556,14 +553,36 @@ BAD_CONFIG = [
                  "partitions must be an int from 1 to device_rows + ram_rows (3), got 4", id="partitions-above-memory"),
     pytest.param({"partitions": True}, "partitions must be", id="partitions-bool"),
     pytest.param({"partitions": 2.0}, "partitions must be", id="partitions-float"),
-    pytest.param({"codec": "int8", "allow_nonfinite": True}, "allow_nonfinite needs a lossless codec",
-                 id="nonfinite-with-lossy-codec"),
 ]
 
 
 @pytest.mark.parametrize("kwargs, fragment", BAD_CONFIG)
 def test_bad_config(kwargs, fragment):
     expect(ts.ConfigError, ValueError, re.escape(fragment), ts.StoreConfig, **{**TINY, **kwargs})
+
+
+BAD_FORMAT = [
+    pytest.param({"codec": "lz4"}, "unknown codec", id="codec-name"),
+    pytest.param({"codec": {"id": "brotli"}}, "unknown codec", id="codec-dict"),
+    pytest.param({"codec": 5}, "unknown codec", id="codec-int"),
+    pytest.param({"codec": {"id": "zstd", "level": 0}}, "zstd level must be an int in 1..22, got 0", id="zstd-level-0"),
+    pytest.param({"codec": {"id": "zstd", "level": 23}}, "zstd level", id="zstd-level-23"),
+    pytest.param({"codec": {"id": "zstd", "dict_size": -1}}, "dict_size", id="zstd-dict-size"),
+    pytest.param({"codec": {"id": "zstd", "bogus": 1}}, "bad parameters for codec 'zstd'", id="zstd-unknown-param"),
+    pytest.param({"codec": "int8", "allow_nonfinite": True}, "allow_nonfinite needs a lossless codec",
+                 id="nonfinite-with-lossy-codec"),
+    pytest.param({"allow_nonfinite": 1}, "allow_nonfinite must be True or False", id="nonfinite-int"),
+]
+
+
+@pytest.mark.parametrize("kwargs, fragment", BAD_FORMAT)
+def test_bad_table_format(tmp_path, kwargs, fragment):
+    """What a table is goes to create (and TableFormat), not to the StoreConfig."""
+    expect(ts.ConfigError, ValueError, re.escape(fragment), ts.create, tmp_path / "s", 10, DIM,
+           config=tiny(), **kwargs)
+    assert_no_store(tmp_path / "s")
+    expect(ts.ConfigError, ValueError, re.escape(fragment), ts.TableFormat, 10, DIM, "float32",
+           **kwargs)
 
 
 def test_zstd_codec_level_0_direct():
@@ -941,7 +960,7 @@ def test_two_corrupt_rows(closed_store):
 def test_corrupt_row_other_codecs(tmp_path, codec):
     path = tmp_path / "s"
     init = np.random.default_rng(4).standard_normal((NUM_ROWS, DIM)).astype(np.float32)
-    with ts.create(path, NUM_ROWS, DIM, "float32", init=init, config=tiny(codec=codec)) as s:
+    with ts.create(path, NUM_ROWS, DIM, "float32", init=init, config=tiny(), codec=codec) as s:
         baseline = read_all(s)  # int8 is lossy: compare against what the store gave back
     corrupt_row(path, BAD_ROW, "payload-byte")
     with ts.open(path, config=tiny()) as s:
@@ -1128,7 +1147,7 @@ def test_torch_float32_overflowing_float16(tmp_path):
 def test_bad_input_doc_lists_every_case():
     """Each case of the lists above appears (by its pytest id) in docs/BAD_INPUT.md."""
     doc = (REPO / "docs" / "BAD_INPUT.md").read_text()
-    cases = [p.id for table in (OUT_OF_RANGE, NON_INTEGER, BAD_SHAPE, BAD_DTYPE, NONFINITE, BAD_CONFIG,
+    cases = [p.id for table in (OUT_OF_RANGE, NON_INTEGER, BAD_SHAPE, BAD_DTYPE, NONFINITE, BAD_CONFIG, BAD_FORMAT,
                                 BAD_CREATE, META_DAMAGE) for p in table]
     cases += list(NOT_A_STORE) + CORRUPTIONS + sorted(CLOSED_CALLS)
     missing = [c for c in cases if f"`{c}`" not in doc]

@@ -27,7 +27,7 @@ def test_policies(policy, tiers):
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_codecs(codec, dtype):
     init = "array" if isinstance(codec, dict) else "constant"
-    run_store_machine(ts.StoreConfig(device_rows=2, ram_rows=2, codec=codec), dtype=dtype,
+    run_store_machine(ts.StoreConfig(device_rows=2, ram_rows=2), codec=codec, dtype=dtype,
                       init_kind=init, settings=examples(20))
 
 

@@ -9,19 +9,21 @@ from .codecs import Codec, Int8Codec, RawCodec, ZstdCodec, get_codec
 from .config import StoreConfig
 from .errors import (ClosedStoreError, ConfigError, CorruptRowError, CorruptStoreError,
                      DiskFullError, FormatVersionError, IdOutOfRangeError, IdTypeError,
-                     NonFiniteRowError, NotAStoreError, ReadOnlyError, RowShapeError,
-                     ShardMismatchError, ShardOpenError, ShardPeerError, StoreLockedError,
-                     TierstoreError, TiersTooLargeError)
+                     NonFiniteRowError, NotAStoreError, ReadOnlyError, RolledBackStoreError,
+                     RowShapeError, ShardMismatchError, ShardOpenError, ShardPeerError,
+                     StoreLockedError, StorePermissionError, TierstoreError, TiersTooLargeError)
 from .store import CheckReport, Store
+from .table import TableFormat
 from .table_store import TableStore
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "create", "open", "salvage", "Store", "StoreConfig", "CheckReport", "TableStore",
+    "create", "open", "salvage", "Store", "StoreConfig", "TableFormat", "CheckReport", "TableStore",
     "Codec", "RawCodec", "ZstdCodec", "Int8Codec", "get_codec",
     "TierstoreError", "IdOutOfRangeError", "IdTypeError", "RowShapeError", "NonFiniteRowError",
     "ReadOnlyError", "ClosedStoreError", "ConfigError", "NotAStoreError", "FormatVersionError",
-    "CorruptRowError", "CorruptStoreError", "StoreLockedError", "DiskFullError",
+    "CorruptRowError", "CorruptStoreError", "RolledBackStoreError", "StoreLockedError",
+    "StorePermissionError", "DiskFullError",
     "TiersTooLargeError", "ShardOpenError", "ShardMismatchError", "ShardPeerError",
 ]

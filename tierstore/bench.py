@@ -160,7 +160,7 @@ def _codec_sizes(workdir, spec, table, done):
         path = Path(workdir) / f"codec-{name}"
         t0 = time.perf_counter()
         with api.create(path, len(rows), spec.dim, spec.dtype, init=rows,
-                        config=StoreConfig(device_rows=16, ram_rows=16, codec=codec)) as store:
+                        config=StoreConfig(device_rows=16, ram_rows=16), codec=codec) as store:
             build = time.perf_counter() - t0
             per_row = store.disk.used_bytes() / len(rows)
             sample = np.arange(0, len(rows), max(1, len(rows) // 4096))

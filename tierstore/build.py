@@ -33,7 +33,7 @@ from pathlib import Path
 from .errors import StoreLockedError
 from .optim import STATE_SUFFIX
 from .tiers.disk import LOCK_FILE, DiskTier, open_in_process
-from .tiers.format import StoreMeta
+from .table import TableFormat
 
 NEW_TAG = ".tierstore-new."
 OLD_TAG = ".tierstore-old"
@@ -137,7 +137,7 @@ class StoreBuild:
     ``build.finish()``, or ``build.abort()`` on failure (which removes every file it made).
     """
 
-    def __init__(self, path, meta: StoreMeta, dictionary: bytes | None, *, map_size: int,
+    def __init__(self, path, table: TableFormat, dictionary: bytes | None, *, map_size: int,
                  max_map_size: int | None, overwrite: bool):
         self.path = Path(path)
         self._map_size = map_size
@@ -165,7 +165,7 @@ class StoreBuild:
             _sweep(self.path)
             self.folder = self.path if self.in_place else self.path.parent / (
                 f".{self.path.name}{NEW_TAG}{os.getpid()}.{secrets.token_hex(4)}")
-            self.disk = DiskTier.create(self.folder, meta, dictionary, map_size=map_size,
+            self.disk = DiskTier.create(self.folder, table, dictionary, map_size=map_size,
                                         max_map_size=max_map_size, overwrite=False)
         except BaseException:
             self._release_old()

@@ -68,8 +68,10 @@ def _stat(args):
             "dim": store.dim,
             "dtype": store.dtype.name,
             "codec": store.codec.get_config(),
-            "init": disk.meta.init,
-            "format_version": disk.meta.version,
+            "init": ({"kind": "stored"} if store.format.every_row_stored else
+                     {"kind": "constant", "value": store.format.init_value}),
+            "allow_nonfinite": store.format.allow_nonfinite,
+            "format_version": disk.version,
             "stored_records": records,
             "file_bytes": disk.file_bytes(),
             "used_bytes": used,
@@ -109,11 +111,9 @@ def _salvage(args):
 
 
 def _create(args):
-    from .config import StoreConfig
-
-    config = StoreConfig(codec=_codec_arg(args.codec), allow_nonfinite=args.allow_nonfinite)
     store = api.create(args.path, args.rows, args.dim, args.dtype, init=args.init,
-                       config=config, overwrite=args.overwrite)
+                       overwrite=args.overwrite, codec=_codec_arg(args.codec),
+                       allow_nonfinite=args.allow_nonfinite)
     with store:
         print(f"created {store.path}: {store.num_rows:,} rows x {store.dim} {store.dtype.name}, "
               f"codec {store.codec.codec_id}, every row {args.init}")
@@ -481,8 +481,7 @@ def _add_salvage_command(sub):
 
 
 # the library's messages name its keyword arguments; on the command line they are flags
-_KEYWORDS_AS_FLAGS = (("StoreConfig(allow_nonfinite=True)", "--allow-nonfinite"),
-                      ("allow_nonfinite=True", "--allow-nonfinite"),
+_KEYWORDS_AS_FLAGS = (("allow_nonfinite=True", "--allow-nonfinite"),
                       ("overwrite=True", "--overwrite"))
 
 

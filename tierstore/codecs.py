@@ -53,6 +53,10 @@ class Codec(ABC):
     def needs_training(self) -> bool:
         return False
 
+    def first_unencodable(self, rows: np.ndarray) -> int:
+        """The index of the first row whose values this codec cannot represent, or -1."""
+        return -1
+
 
 @dataclass(frozen=True)
 class RawCodec(Codec):
@@ -179,6 +183,13 @@ class Int8Codec(Codec):
         decode_int8_rows(buf, starts, stops, wide, ok)
         out[ok] = wide[ok]
         return ok
+
+    def first_unencodable(self, rows):
+        """Rows are encoded as float32: a finite float64 beyond its range would read back NaN."""
+        if rows.dtype.itemsize <= 4 or not len(rows):
+            return -1
+        over = np.max(np.abs(rows), axis=1, initial=0.0) > np.finfo(np.float32).max
+        return int(np.argmax(over)) if over.any() else -1
 
     def max_abs_error(self, rows):
         step = self._scales(np.asarray(rows)).astype(np.float64)

@@ -3,27 +3,26 @@ from __future__ import annotations
 
 import numbers
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .codecs import Codec, get_codec
 from .errors import ConfigError
+from .table import DTYPES  # noqa: F401  (tierstore.config.DTYPES)
 
 POLICIES = ("adaptive", "wtinylfu", "lru", "lfu")
-DTYPES = ("float16", "float32", "float64")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """How a store is cached and encoded.
+    """How a store is cached and opened: choices of this open, not properties of the table.
+
+    What the table is (shape, dtype, codec, non-finite rule, init) is its
+    :class:`~tierstore.table.TableFormat`, fixed at create and read from the store.
 
     ``device_rows`` and ``ram_rows`` are the capacities of the hot and warm
     tiers; every row also lives on disk. ``policy`` picks who stays in memory:
     ``"adaptive"`` (W-TinyLFU whose window is sized by hill climbing, the
     default), ``"wtinylfu"`` (fixed 1% window), ``"lru"`` or ``"lfu"``.
-    ``codec`` is a codec name (``"raw"``, ``"zstd"``, ``"int8"``), a config
-    dict, or a :class:`~tierstore.codecs.Codec`; it only matters when a store
-    is created, since an existing store keeps its own codec.
     The LMDB map starts at ``map_size`` bytes and doubles when full, up to
     ``max_map_size`` (``None``: no ceiling but the disk). Dirty rows evicted from
     memory wait in a write-back buffer until ``writeback_rows`` of them go to disk
@@ -37,15 +36,12 @@ class StoreConfig:
     device_rows: int = 1 << 14
     ram_rows: int = 1 << 18
     device: str = "cpu"
-    codec: Codec | str | dict = "raw"
     policy: str = "adaptive"
     map_size: int = 1 << 28
     max_map_size: int | None = None
-    allow_nonfinite: bool = False
     sketch_width: int | None = None
     writeback_rows: int | None = None
     partitions: int = 1
-    codec_obj: Codec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         for name in ("device_rows", "ram_rows"):
@@ -80,11 +76,17 @@ class StoreConfig:
                 or not 1 <= self.partitions <= self.device_rows + self.ram_rows):
             raise ConfigError(f"partitions must be an int from 1 to device_rows + ram_rows "
                               f"({self.device_rows + self.ram_rows}), got {self.partitions!r}")
-        object.__setattr__(self, "codec_obj", get_codec(self.codec))
-        if self.allow_nonfinite and not self.codec_obj.lossless:
-            raise ConfigError(f"codec {self.codec_obj.codec_id!r} cannot store NaN or Inf: "
-                              "allow_nonfinite needs a lossless codec")
 
     @property
     def memory_rows(self) -> int:
         return self.device_rows + self.ram_rows
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "StoreConfig":
+        """A StoreConfig from plain data (a saved state). Saves made before the table's format
+        was split from its config also hold ``codec`` and ``allow_nonfinite``: those are the
+        table's, read from the store itself, and are left out here."""
+        return cls(**{k: v for k, v in fields.items() if k not in _FORMAT_FIELDS})
+
+
+_FORMAT_FIELDS = ("codec", "allow_nonfinite")

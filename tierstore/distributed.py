@@ -143,7 +143,8 @@ def shard_path(path, rank: int, world_size: int) -> Path:
 # -- creating and opening --------------------------------------------------------------------
 def create_sharded(path, num_rows: int, dim: int, dtype="float16", init=None,
                    config: StoreConfig | None = None, overwrite: bool = False, *,
-                   rule: str = "mod", group=None) -> ShardedStore:
+                   rule: str = "mod", group=None, codec="raw",
+                   allow_nonfinite: bool = False) -> ShardedStore:
     """Create a ``num_rows x dim`` table sharded over ``group`` (collective; see :func:`tierstore.create`).
 
     Every rank creates its own shard. ``init`` is what :func:`tierstore.create`
@@ -162,7 +163,8 @@ def create_sharded(path, num_rows: int, dim: int, dtype="float16", init=None,
 
     def create():
         return api.create(where, layout.local_rows(comm.rank), dim, dtype,
-                          _local_init(init, layout, comm.rank, num_rows, dim), config, overwrite)
+                          _local_init(init, layout, comm.rank, num_rows, dim), config, overwrite,
+                          codec=codec, allow_nonfinite=allow_nonfinite)
 
     local = _open_together(comm, create, "create")
     try:
@@ -474,6 +476,7 @@ class ShardedStore(TableStore):
         self.dim = local.dim
         self.dtype = local.dtype
         self.codec = local.codec
+        self.format = local.format   # this rank's shard's (num_rows: the shard's)
         self.config = local.config
         self.readonly = local.readonly
         self.path = local.path  # this rank's shard: per-rank siblings (optimizer state) go beside it
@@ -606,7 +609,8 @@ class ShardedStore(TableStore):
                     raise ReadOnlyError(f"sharded store {self.path} is open read-only")
                 id_array = as_id_array(ids, self.num_rows)
                 new_rows = as_rows(rows, id_array.shape + (self.dim,), self.dtype,
-                                   self.config.allow_nonfinite, row_ids=id_array)
+                                   self.format.allow_nonfinite, row_ids=id_array,
+                                   codec=self.codec)
                 uniq, last = dedupe_last(id_array.reshape(-1))
                 order, send_counts, send_ids = self._route(uniq)
                 send_rows = new_rows.reshape(-1, self.dim)[last[order]]
@@ -785,14 +789,15 @@ def reshard(src, dst, world_size: int, *, rule: str | None = None,
         first, record = sources[0]
         old = ShardingRule(record.rule, record.num_rows, record.world_size)
         new = ShardingRule(rule or record.rule, record.num_rows, world_size)
-        constant = first.disk.meta.constant  # rows without a record read as it: keep it
-        shard_config = replace(config, codec=first.codec)
+        constant = first.format.constant  # rows without a record read as it: keep it
         targets = []
         try:
             for rank in range(world_size):
                 where = shard_path(dst, rank, world_size)
                 target = api.create(where, new.local_rows(rank), first.dim, first.dtype,
-                                    init=constant, config=shard_config, overwrite=overwrite)
+                                    init=constant, config=config, overwrite=overwrite,
+                                    codec=first.codec,
+                                    allow_nonfinite=first.format.allow_nonfinite)
                 targets.append(target)
             for rank, (source, _) in enumerate(sources):
                 for start in range(0, source.num_rows, CREATE_CHUNK):

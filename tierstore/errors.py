@@ -60,6 +60,14 @@ class CorruptStoreError(TierstoreError, ValueError):
     """Store metadata is damaged."""
 
 
+class RolledBackStoreError(CorruptStoreError):
+    """The store's data is older than its last acknowledged flush (a stale LMDB meta page)."""
+
+
+class StorePermissionError(TierstoreError, PermissionError):
+    """The user may not read, or open for reading, the store's files."""
+
+
 class StoreLockedError(TierstoreError, BlockingIOError):
     """Another process holds the store open for writing."""
 

@@ -112,7 +112,7 @@ class RowAdagrad(RowOptimizer):
         if isinstance(state_config, dict):
             from .config import StoreConfig
 
-            state_config = StoreConfig(**state_config)
+            state_config = StoreConfig.from_dict(state_config)
         self.state_config = state_config
         self.reset_state = bool(reset_state)
         self.state = None          # the sibling Store, once bound
@@ -194,10 +194,7 @@ class RowAdagrad(RowOptimizer):
 def _config_dict(config) -> dict:
     import dataclasses
 
-    out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
-    if not isinstance(out["codec"], (str, dict)):
-        out["codec"] = config.codec_obj.get_config()
-    return out
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
 
 
 def default_state_config(store):
@@ -213,7 +210,7 @@ def default_state_config(store):
     ram_rows = min(n - device_rows, store.config.ram_rows * dim)
     if device_rows + ram_rows == 0:
         ram_rows = 1
-    return StoreConfig(device_rows=device_rows, ram_rows=ram_rows, device="cpu", codec="raw",
+    return StoreConfig(device_rows=device_rows, ram_rows=ram_rows, device="cpu",
                        policy=store.config.policy)
 
 

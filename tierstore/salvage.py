@@ -3,7 +3,7 @@
     from tierstore.salvage import salvage        # also tierstore.api.salvage
     report = salvage("damaged.ts", "rescued.ts")
     print(report)                  # rows copied, ids that could not be read
-    report.unreadable_ids          # those rows read as the init value in the copy
+    report.unreadable_ids          # those rows have no record in the copy
 
 It walks the records that exist (a child process streams them: LMDB's cursor aborts
 the process on a damaged page, so the walk must not run in the caller's), so a sparse
@@ -18,8 +18,10 @@ record when the caller says what it held (``num_rows``, ``dim``, ``dtype``,
 
 Readable records are copied byte for byte (no decode/encode round trip, so an
 ``int8`` store loses nothing more), after their checksum and decoding are
-verified. Rows with no readable record get no record in the copy: they read as
-the store's constant ``init`` (zeros for a store created from an array).
+verified. Rows with no readable record get no record in the copy: in a store of
+constant ``init`` they read as it; in a store created from an array, a callable or an
+import (where every row had a record, so a missing one is reported as lost) a lookup
+of them raises CorruptRowError until they are written again.
 
 The copy is built beside ``dst`` and swapped in whole (:mod:`tierstore.build`): a store
 already at ``dst`` (``overwrite=True``) stays until the copy is complete. The source is
@@ -28,6 +30,7 @@ store open for writing elsewhere is refused with StoreLockedError.
 """
 from __future__ import annotations
 
+import bisect
 import errno
 import fcntl
 import os
@@ -46,8 +49,8 @@ from .errors import (ConfigError, CorruptRowError, CorruptStoreError, FormatVers
 from .progress import progress as progress_bar
 from .record_walk import BATCH, RecordWalk
 from .tiers.disk import LOCK_FILE, MIN_FILE_BYTES, DiskTier, FramedRows
-from .tiers.format import (DICT_KEY, META_DB, META_KEY, ROWS_DB, StoreMeta, row_keys,
-                           unframe_record)
+from .table import TableFormat
+from .tiers.format import DICT_KEY, META_DB, META_KEY, ROWS_DB, decode_meta, row_keys, unframe_record
 from .validation import check_int
 
 CHUNK = 1 << 14           # records read (and written) per transaction
@@ -69,7 +72,7 @@ class SalvageReport:
 
     @property
     def unreadable_ids(self) -> np.ndarray:
-        """Every row id that could not be read (sorted); it reads as the init value in ``dst``."""
+        """Every row id that could not be read (sorted); it has no record in ``dst``."""
         if not self.unreadable_runs:
             return np.empty(0, dtype=np.int64)
         return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in self.unreadable_runs])
@@ -84,15 +87,23 @@ class SalvageReport:
         return not self.unreadable_runs and not self.problems
 
     def _add_unreadable(self, start: int, stop: int):
+        """Add the run [start, stop), keeping the runs sorted and merged (a batch's missing
+        records and its corrupt ones are found in separate passes)."""
         runs = self.unreadable_runs
-        if runs and runs[-1][1] == start:
-            runs[-1] = (runs[-1][0], stop)
-        else:
-            runs.append((start, stop))
+        k = bisect.bisect_left(runs, (start, stop))
+        runs.insert(k, (start, stop))
+        k = max(k - 1, 0)
+        while k + 1 < len(runs):
+            if runs[k][1] >= runs[k + 1][0]:
+                runs[k:k + 2] = [(runs[k][0], max(runs[k][1], runs[k + 1][1]))]
+            elif runs[k][0] > stop:
+                break
+            else:
+                k += 1
 
     def __str__(self):
         lines = [(f"salvaged {self.src} -> {self.dst}: {self.rows_copied} records copied, "
-                  f"{self.unreadable_count} rows unreadable (they read as the init value)")]
+                  f"{self.unreadable_count} rows unreadable (no record in the copy)")]
         if self.unreadable_runs:
             shown = ", ".join(str(a) if b == a + 1 else f"{a}-{b - 1}" for a, b in self.unreadable_runs)
             lines.append("unreadable row ids: " + shown)
@@ -106,7 +117,7 @@ def salvage(src, dst, *, overwrite: bool = False, num_rows: int | None = None,
     """Copy every readable row of the store at ``src`` into a new store at ``dst``.
 
     Returns a :class:`SalvageReport` naming the row ids that could not be read;
-    in ``dst`` they read as the init value. ``num_rows``, ``dim``, ``dtype`` and
+    in ``dst`` they have no record (see the module's docstring). ``num_rows``, ``dim``, ``dtype`` and
     ``codec`` describe the store when its metadata record is damaged (when it is
     readable they must agree with it). Raises NotAStoreError when ``src`` holds
     no LMDB database, CorruptStoreError when nothing at all can be read,
@@ -230,7 +241,7 @@ def _source_meta(env, src: Path, num_rows, dim, dtype, codec):
         meta_db = env.open_db(META_DB, create=False)
         with env.begin(db=meta_db) as txn:
             raw, raw_dict = txn.get(META_KEY), txn.get(DICT_KEY)
-        meta = StoreMeta.from_bytes(raw, src)
+        meta = decode_meta(raw, src)[0]
         if raw_dict is not None:
             dictionary = unframe_record(DICT_KEY, raw_dict, "zstd dictionary")
         DiskTier._codec_for(meta, dictionary)
@@ -250,16 +261,16 @@ def _source_meta(env, src: Path, num_rows, dim, dtype, codec):
         raise CorruptStoreError(
             f"{src}: the metadata record cannot be read ({why}); to salvage the rows anyway "
             f"pass {', '.join(missing)} (and codec, if not 'raw') as they were at creation")
-    from .config import StoreConfig
+    from .codecs import get_codec
 
-    codec_obj = StoreConfig(codec="raw" if codec is None else codec).codec_obj
+    codec_obj = get_codec("raw" if codec is None else codec)
     if codec_obj.needs_training():
         raise ConfigError("a zstd store with a trained dictionary cannot be salvaged without "
                           "its dictionary record")
     for name in ("num_rows", "dim"):
         check_int(name, hints[name], 1, expected="a positive int")
-    meta = StoreMeta(num_rows=num_rows, dim=dim, dtype=_dtype_name(dtype),
-                     codec=codec_obj.get_config(), init={"kind": "constant", "value": 0.0})
+    meta = TableFormat(num_rows=num_rows, dim=dim, dtype=_dtype_name(dtype),
+                       codec=codec_obj.get_config(), init_kind="constant", init_value=0.0)
     return meta, getattr(codec_obj, "dictionary", None)
 
 
@@ -294,7 +305,7 @@ def _copy_rows(env, out: DiskTier, num_rows: int, report: SalvageReport, bar):
         report.problems.append("the rows table is missing: no row could be read")
         report._add_unreadable(0, num_rows)
         return
-    scratch = np.empty((max(CHUNK, BATCH), out.meta.dim), dtype=out.dtype)
+    scratch = np.empty((max(CHUNK, BATCH), out.format.dim), dtype=out.dtype)
     next_id, window = 0, CHUNK
     while next_id < num_rows:
         walk = RecordWalk(env.path(), env.info()["map_size"], next_id)
@@ -303,6 +314,8 @@ def _copy_rows(env, out: DiskTier, num_rows: int, report: SalvageReport, bar):
             ids = np.frombuffer(keys, dtype=">u8")
             inside = int(np.searchsorted(ids, num_rows))    # keys past the table: not rows
             if inside:
+                if out.format.every_row_stored:
+                    _report_gaps(ids[:inside], next_id, report)
                 _copy_verified(out, ids[:inside].astype(np.int64), values[:inside], scratch,
                                report)
                 bar.update(int(ids[inside - 1]) + 1 - next_id)
@@ -315,18 +328,32 @@ def _copy_rows(env, out: DiskTier, num_rows: int, report: SalvageReport, bar):
             break
         stop = min(next_id + window, num_rows)   # the walk stopped short: probe, then resume
         ids = np.arange(next_id, stop, dtype=np.int64)
-        found, values = _read_ids(env, rows_db, ids, report)
+        found, reached, values = _read_ids(env, rows_db, ids, report)
+        if out.format.every_row_stored:   # every row had a record: a missing one was lost
+            for k in np.flatnonzero(reached & ~found):
+                report._add_unreadable(int(ids[k]), int(ids[k]) + 1)
         if values:
             _copy_verified(out, ids[found], values, scratch, report)
         bar.update(stop - next_id)
         next_id, window = stop, 2 * window
+    if out.format.every_row_stored and next_id < num_rows:
+        report._add_unreadable(next_id, num_rows)
     bar.update(num_rows - next_id)
 
 
+def _report_gaps(ids, expected: int, report: SalvageReport):
+    """Ids from ``expected`` up to the last of sorted ``ids`` that have no record: lost."""
+    starts = np.concatenate([[expected], ids[:-1].astype(np.int64) + 1])
+    for k in np.flatnonzero(ids.astype(np.int64) > starts):
+        report._add_unreadable(int(starts[k]), int(ids[k]))
+
+
 def _read_ids(env, rows_db, ids, report):
-    """Records of ``ids``: (mask of ids with a record, their values); unreachable ids are reported."""
+    """Records of ``ids``: (mask of ids with a record, mask of ids whose lookup worked, their
+    values); unreachable ids are reported."""
     keys = row_keys(ids)
     found = np.zeros(len(ids), dtype=bool)
+    reached = np.ones(len(ids), dtype=bool)
     values = []
     k = 0
     while k < len(keys):
@@ -341,8 +368,9 @@ def _read_ids(env, rows_db, ids, report):
                     k += 1
         except _LMDB_DAMAGE:  # the transaction is spoilt: the next id gets a fresh one
             report._add_unreadable(int(ids[k]), int(ids[k]) + 1)
+            reached[k] = False
             k += 1
-    return found, values
+    return found, reached, values
 
 
 def _copy_verified(out: DiskTier, ids, values, scratch, report):

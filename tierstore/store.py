@@ -17,6 +17,7 @@ from .policy import state as S
 from .policy.partitions import PartitionedState
 from .prefetch import LookupHandle, PrefetchHandle, Staging
 from .progress import progress as progress_bar
+from .table import TableFormat
 from .table_store import TableStore
 from .tier_sizes import check_fits, fitted_config
 from .tiers.disk import DiskTier
@@ -37,10 +38,16 @@ class CheckReport:
     rows_checked: int
     corrupt_ids: list = field(default_factory=list)
     problems: list = field(default_factory=list)
+    # runs [start, stop) of rows without a record in a store where every row has one
+    missing_runs: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.corrupt_ids and not self.problems
+        return not self.corrupt_ids and not self.problems and not self.missing_runs
+
+    @property
+    def missing_count(self) -> int:
+        return sum(b - a for a, b in self.missing_runs)
 
     def __str__(self):
         if self.ok:
@@ -48,8 +55,19 @@ class CheckReport:
         lines = [f"damaged: {len(self.corrupt_ids)} corrupt rows among {self.rows_checked}"]
         if self.corrupt_ids:
             lines.append("corrupt row ids: " + _id_ranges(self.corrupt_ids))
+        if self.missing_runs:
+            lines.append(f"{self.missing_count} rows have no record (every row should): " + ", ".join(
+                str(a) if b == a + 1 else f"{a}-{b - 1}" for a, b in self.missing_runs))
         lines.extend(self.problems)
         return "\n".join(lines)
+
+
+def _note_gaps(ids, expected: int, runs: list) -> int:
+    """Append to ``runs`` the gaps in sorted ``ids`` from ``expected`` on; the next expected id."""
+    starts = np.concatenate([[expected], ids[:-1] + 1])
+    for k in np.flatnonzero(ids > starts):
+        runs.append((int(starts[k]), int(ids[k])))
+    return int(ids[-1]) + 1
 
 
 def _id_ranges(ids) -> str:
@@ -79,8 +97,8 @@ class Store(TableStore):
     def __init__(self, disk: DiskTier, config: StoreConfig):
         self._disk = disk
         self.path = disk.path
-        self.num_rows = disk.meta.num_rows
-        self.dim = disk.meta.dim
+        self.num_rows = disk.format.num_rows
+        self.dim = disk.format.dim
         self.dtype = disk.dtype
         self.codec = disk.codec
         self.readonly = disk.readonly
@@ -117,6 +135,11 @@ class Store(TableStore):
     def closed(self) -> bool:
         """True once :meth:`close` has run."""
         return self._closed
+
+    @property
+    def format(self) -> TableFormat:
+        """What the table is (shape, dtype, codec, non-finite rule, init), as saved with it."""
+        return self._disk.format
 
     # -- reading ---------------------------------------------------------------------------
     def lookup(self, ids):
@@ -349,7 +372,7 @@ class Store(TableStore):
             self._check_writable()
             id_array = as_id_array(ids, self.num_rows)
             new_rows = as_rows(rows, id_array.shape + (self.dim,), self.dtype,
-                               self.config.allow_nonfinite, row_ids=id_array)
+                               self.format.allow_nonfinite, row_ids=id_array, codec=self.codec)
             uniq, last = dedupe_last(id_array.reshape(-1))
             values = new_rows.reshape(-1, self.dim)[last]
             _, slots = self._state.probe(uniq)
@@ -492,6 +515,7 @@ class Store(TableStore):
             self._check_open()
             report = CheckReport(rows_checked=0)
             scratch = np.empty((CREATE_CHUNK, self.dim), dtype=self.dtype)
+            expected = 0   # the next id a store with a record per row must hold
             with progress_bar(self._disk.stored_rows(), f"check {self.path.name}",
                               enabled=progress) as bar:
                 for batch in self._disk.scan(CREATE_CHUNK):
@@ -499,7 +523,11 @@ class Store(TableStore):
                     report.rows_checked += len(batch)
                     if len(ids):
                         self._verify_records(ids, values, scratch, report)
+                        if self.format.every_row_stored:
+                            expected = _note_gaps(ids, expected, report.missing_runs)
                     bar.update(len(batch))
+            if self.format.every_row_stored and expected < self.num_rows:
+                report.missing_runs.append((expected, self.num_rows))
             code = self._state.check_invariants()
             if code:
                 report.problems.append(f"memory bookkeeping broken (rule {code})")

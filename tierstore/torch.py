@@ -368,7 +368,7 @@ def _check_state(state):
 
 
 def _open_recorded(state):
-    config = StoreConfig(**state["config"])
+    config = StoreConfig.from_dict(state["config"])
     return api.open(state["path"], config, readonly=state.get("readonly", False),
                     dim=state["dim"], dtype=state["dtype"])
 

@@ -189,24 +189,26 @@ def import_table(src: ArraySource, path, *, dtype=None, codec="raw", overwrite: 
     if start is not None:
         return _import_into(src, path, start, chunk_rows, progress)
     from .build import StoreBuild
-    from .tiers.format import StoreMeta
+    from .codecs import get_codec
+    from .table import TableFormat
     from .validation import as_rows
 
     dt = np.dtype(dtype if dtype is not None else src.dtype)
     if dt.name not in DTYPES:
         raise ConfigError(f"dtype must be one of {DTYPES}, got {dt}")
-    config = StoreConfig(codec=codec, allow_nonfinite=allow_nonfinite)
-    codec_obj = config.codec_obj
+    config = StoreConfig()
+    codec_obj = get_codec(codec)
+    table = TableFormat(num_rows=src.num_rows, dim=src.dim, dtype=dt.name,
+                        codec=codec_obj.get_config(), allow_nonfinite=allow_nonfinite,
+                        init_kind="stored", init_value=None)
     what = src.description
 
     def chunk(a, b):
         return as_rows(src.rows(a, b), (b - a, src.dim), dt, allow_nonfinite,
-                       what=f"{src.path} rows {a}:{b}", row_ids=a)
+                       what=f"{src.path} rows {a}:{b}", row_ids=a, codec=codec_obj)
 
     if codec_obj.needs_training():
         codec_obj = codec_obj.trained(chunk(0, min(src.num_rows, TRAIN_SAMPLE_ROWS)))
-    meta = StoreMeta(num_rows=src.num_rows, dim=src.dim, dtype=dt.name,
-                     codec=codec_obj.get_config(), init={"kind": "stored"})
     t0 = time.perf_counter()
 
     def chunks():
@@ -215,7 +217,7 @@ def import_table(src: ArraySource, path, *, dtype=None, codec="raw", overwrite: 
             yield a, chunk(a, b)
             bar.update(b - a)
 
-    build = StoreBuild(path, meta, getattr(codec_obj, "dictionary", None),
+    build = StoreBuild(path, table, getattr(codec_obj, "dictionary", None),
                        map_size=config.map_size, max_map_size=config.max_map_size,
                        overwrite=overwrite)
     try:

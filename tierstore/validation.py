@@ -60,8 +60,9 @@ def _as_array(ids) -> np.ndarray:
 
 
 def as_rows(rows, shape: tuple, dtype: np.dtype, allow_nonfinite: bool, what: str = "rows",
-            row_ids=None):
-    """``rows`` as a C-contiguous array of ``shape`` and the store's dtype.
+            row_ids=None, codec=None):
+    """``rows`` as a C-contiguous array of ``shape`` and the store's dtype, finite after the
+    cast (unless ``allow_nonfinite``) and within ``codec``'s range.
 
     ``row_ids`` names the rows in errors: the ids they are written to (an array, one id per
     row in order) or the first row of a contiguous run (an int); ``None``: their position."""
@@ -88,7 +89,12 @@ def as_rows(rows, shape: tuple, dtype: np.dtype, allow_nonfinite: bool, what: st
             where = "" if arr.dtype == cast.dtype else f" (after casting {arr.dtype} to {dtype})"
             raise NonFiniteRowError(
                 f"{what}: {_row_name(bad, row_ids)} holds NaN or Inf{where}; "
-                "create the store with StoreConfig(allow_nonfinite=True) to allow them")
+                "create the store with allow_nonfinite=True to allow them")
+    if codec is not None and cast.size:
+        bad = codec.first_unencodable(cast.reshape(-1, shape[-1]))
+        if bad >= 0:
+            raise NonFiniteRowError(f"{what}: {_row_name(bad, row_ids)} holds values beyond the "
+                                    f"range of codec {codec.codec_id!r} (they would read back as NaN)")
     return cast
 
 

@@ -37,6 +37,7 @@ class StoreMachine(RuleBasedStateMachine):
     dim: int = 4
     dtype: str = "float32"
     init_kind: str = "constant"
+    codec = "raw"
 
     def __init__(self):
         super().__init__()
@@ -55,7 +56,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.model = {}
         self.fill = np.full(self.dim, 0 if self.init_kind == "array" else init, dtype=self.dtype)
         self.store = api.create(self.path, self.num_rows, self.dim, self.dtype, init=init,
-                                config=self.config)
+                                config=self.config, codec=self.codec)
 
     def expected(self, ids):
         rows = [self.model.get(int(i), self.fill) for i in np.ravel(ids)]
@@ -157,11 +158,11 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 def machine_for(config: StoreConfig, *, num_rows: int = 40, dim: int = 4, dtype: str = "float32",
-                init_kind: str = "constant") -> type[StoreMachine]:
-    """A StoreMachine subclass for one store shape and configuration."""
+                init_kind: str = "constant", codec="raw") -> type[StoreMachine]:
+    """A StoreMachine subclass for one store shape, codec and configuration."""
     return type("StoreMachineFor", (StoreMachine,), {
         "config": config, "num_rows": num_rows, "dim": dim, "dtype": dtype,
-        "init_kind": init_kind})
+        "init_kind": init_kind, "codec": codec})
 
 
 def run_store_machine(config: StoreConfig, settings: hsettings | None = None, **shape):

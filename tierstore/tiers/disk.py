@@ -1,8 +1,12 @@
 """The disk tier: every row of the store in LMDB, one framed value per row.
 
-Rows never written (and rows equal to a constant ``init``) have no record
-and read as the init value. The map grows by doubling when full, up to the
-configured ceiling; a reader whose map another process outgrew adopts the new
+In a store of constant init, rows never written (and rows equal to the constant)
+have no record and read as the init value; in a store created from an array, a
+callable or an import every row has a record, and a missing one is damage.
+Every write transaction also rewrites the metadata with the next commit number;
+after each sync that number goes to the file ``last_commit`` beside the data, and
+an open refuses data older than it (LMDB rolled back to a stale meta page).
+The map grows by doubling when full, up to the configured ceiling; a reader whose map another process outgrew adopts the new
 size. A remap waits for the process's read transactions (a prefetch thread may
 be reading) and holds new ones off, so no read ever sees a map being replaced.
 """
@@ -22,11 +26,15 @@ import numpy as np
 
 from ..codecs import Codec, get_codec
 from ..errors import (ConfigError, CorruptRowError, CorruptStoreError, DiskFullError,
-                      NotAStoreError, StoreLockedError)
+                      NotAStoreError, RolledBackStoreError, StoreLockedError,
+                      StorePermissionError)
 from ..kernels.codec import frame_rows, frame_word_rows, verify_frames
-from .format import DICT_KEY, META_DB, META_KEY, ROWS_DB, StoreMeta, frame, row_keys, unframe_record
+from ..table import TableFormat
+from .format import (DICT_KEY, FORMAT_VERSION, META_DB, META_KEY, ROWS_DB, decode_meta, encode_meta,
+                     frame, row_keys, unframe_record)
 
 LOCK_FILE = "writer.lock"
+COMMIT_FILE = "last_commit"   # the commit number of the last synced flush
 _LITTLE_ENDIAN = sys.byteorder == "little"   # frame_word_rows reads native uint32 words
 
 
@@ -37,6 +45,18 @@ _ENVS: dict[str, list] = {}  # real path -> [environment, readonly, users, MapGu
 _ENVS_LOCK = threading.Lock()
 # LMDB errors that mean damaged pages (a read of them raises CorruptStoreError)
 _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError)
+
+
+def _open_error(path, exc) -> Exception:
+    """What a failed open of ``path`` raises: a permission error where the user may not
+    read or write the files LMDB needs, else CorruptStoreError."""
+    denied = getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS) or \
+        "Permission denied" in str(exc) or "Read-only file system" in str(exc)
+    if denied:
+        return StorePermissionError(
+            f"{path}: permission denied ({exc}); a read-only open still needs to write "
+            "lock.mdb (LMDB's reader table): give the user write access to the folder")
+    return CorruptStoreError(f"{path}: LMDB cannot open it ({exc})")
 
 
 class MapGuard:
@@ -155,6 +175,8 @@ class DiskTier:
                  _create: tuple | None = None, lock_fd: int | None = None):
         """``lock_fd``: the store's writer lock, already taken (a build hands it over)."""
         self.path = Path(path)
+        self.commit = 0          # the commit number of the newest committed write
+        self._meta_live = False  # writes rewrite the metadata (not while a store is created)
         self.readonly = readonly
         self.max_map_size = max_map_size
         self.env = None
@@ -169,36 +191,45 @@ class DiskTier:
                 self._take_writer_lock()
             if _create is not None:
                 self._clear_for_create(overwrite=_create[2])
-            self._open_env(map_size, create=_create is not None)
-            if _create is None:
-                self.meta, self.codec = self._read_meta()
+                self.format, self._dictionary = _create[0], _create[1]
+                self.version = FORMAT_VERSION
+                self._open_env(map_size, create=True)
+                self.codec = self._codec_for(self.format, self._dictionary)
             else:
-                self.meta, self._dictionary = _create[0], _create[1]
-                self.codec = self._codec_for(self.meta, self._dictionary)
+                acknowledged = self._read_commit_file()   # first: it never runs ahead of LMDB
+                self._open_env(map_size, create=False)
+                self.format, self.version, self.commit, self.codec = self._read_meta()
+                self._refuse_rollback(acknowledged)
+                self._meta_live = not readonly
+            self.dtype = self.format.np_dtype
+            self.row_bytes = self.format.dim * self.dtype.itemsize
+            constant = self.format.constant
+            self.fill_row = np.full(self.format.dim, 0 if constant is None else constant,
+                                    dtype=self.dtype)
         except BaseException:
             self.close()
             raise
-        dtype = np.dtype(self.meta.dtype)
-        self.dtype = dtype
-        self.row_bytes = self.meta.dim * dtype.itemsize
-        constant = self.meta.constant
-        self.fill_row = np.full(self.meta.dim, 0 if constant is None else constant, dtype=dtype)
 
     @classmethod
-    def create(cls, path, meta: StoreMeta, dictionary: bytes | None, *, map_size: int,
+    def create(cls, path, table: TableFormat, dictionary: bytes | None, *, map_size: int,
                max_map_size: int | None, overwrite: bool) -> "DiskTier":
         Path(path).mkdir(parents=True, exist_ok=True)
         return cls(path, readonly=False, map_size=map_size, max_map_size=max_map_size,
-                   _create=(meta, dictionary, overwrite))
+                   _create=(table, dictionary, overwrite))
 
     def commit_meta(self):
         """Write the metadata record: from now on the path is a store."""
         def put(txn):
-            txn.put(META_KEY, self.meta.to_bytes(), db=self.meta_db)
             if self._dictionary is not None:
                 txn.put(DICT_KEY, frame(DICT_KEY, self._dictionary), db=self.meta_db)
+        self._meta_live = True
         self.write(put)
         self.sync()
+
+    def adopt_format(self, table: TableFormat):
+        """Take ``table`` as this store's format (a version-1 store, which did not record
+        ``allow_nonfinite``); it is saved with the next write."""
+        self.format = table
 
     def destroy(self):
         """Close and delete the files of a store whose creation failed."""
@@ -225,7 +256,7 @@ class DiskTier:
             self._remove_files()
 
     def _remove_files(self):
-        for name in ("data.mdb", "lock.mdb"):
+        for name in ("data.mdb", "lock.mdb", COMMIT_FILE):
             (self.path / name).unlink(missing_ok=True)
 
     def _open_env(self, map_size, create):
@@ -233,6 +264,7 @@ class DiskTier:
             map_size = max(map_size, (self.path / "data.mdb").stat().st_size)
         try:
             self.env, self._guard = _acquire_env(self.path, map_size, self.readonly, create)
+            self.env.reader_check()   # slots of readers that died inside a read pin pages
             if not create:
                 # before any page is touched: open_db reads the root pages, and a page past
                 # the end of a truncated file is a SIGBUS, not an exception
@@ -244,7 +276,7 @@ class DiskTier:
         except (lmdb.NotFoundError, lmdb.IncompatibleError):
             raise NotAStoreError(f"{self.path}: an LMDB database without tierstore tables") from None
         except lmdb.Error as exc:
-            raise CorruptStoreError(f"{self.path}: LMDB cannot open it ({exc})") from None
+            raise _open_error(self.path, exc) from None
 
     def _check_length(self):
         """A truncated data file would crash the process (SIGBUS) on first touch: refuse it."""
@@ -273,26 +305,63 @@ class DiskTier:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _read_meta(self) -> tuple[StoreMeta, Codec]:
+    def _read_meta(self) -> tuple[TableFormat, int, int, Codec]:
         with self.reading(self.meta_db) as txn:
-            meta = StoreMeta.from_bytes(txn.get(META_KEY), self.path)
+            table, version, commit = decode_meta(txn.get(META_KEY), self.path)
             raw_dict = txn.get(DICT_KEY)
         dictionary = None
         if raw_dict is not None:
             dictionary = unframe_record(DICT_KEY, raw_dict, "zstd dictionary")
-        elif meta.codec.get("id") == "zstd" and meta.codec.get("dict_size", 0) > 0:
+        elif table.codec.get("id") == "zstd" and table.codec.get("dict_size", 0) > 0:
             raise CorruptStoreError(f"{self.path}: the zstd dictionary record is missing")
         try:
-            return meta, self._codec_for(meta, dictionary)
+            return table, version, commit, self._codec_for(table, dictionary)
         except ConfigError as exc:
             raise CorruptStoreError(f"{self.path}: metadata names a bad codec ({exc})") from None
 
     @staticmethod
-    def _codec_for(meta: StoreMeta, dictionary: bytes | None) -> Codec:
-        config = dict(meta.codec)
+    def _codec_for(table: TableFormat, dictionary: bytes | None) -> Codec:
+        config = dict(table.codec)
         if dictionary is not None:
             config["dictionary"] = dictionary
         return get_codec(config)
+
+    # -- the commit number -----------------------------------------------------------------
+    def _read_commit_file(self) -> int | None:
+        """The commit number of the last acknowledged flush, or None when none was recorded."""
+        try:
+            text = (self.path / COMMIT_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _open_error(self.path / COMMIT_FILE, exc) from None
+        if not text.endswith(b"\n") or not text[:-1].isdigit() or len(text) > 21:
+            raise CorruptStoreError(f"{self.path / COMMIT_FILE}: not a commit number ({text[:40]!r})")
+        return int(text)
+
+    def _refuse_rollback(self, acknowledged: int | None):
+        if acknowledged is not None and self.commit < acknowledged:
+            raise RolledBackStoreError(
+                f"{self.path}: the data is older than its last acknowledged flush (LMDB holds "
+                f"commit {self.commit}, {COMMIT_FILE} says {acknowledged}): a meta page of "
+                "data.mdb was damaged or the file was replaced by an older copy; salvage it "
+                "or restore a backup")
+
+    def _write_commit_file(self):
+        """``last_commit`` := the synced commit number: temp file, fsync, rename, fsync folder."""
+        tmp = self.path / f".{COMMIT_FILE}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b"%d\n" % self.commit)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path / COMMIT_FILE)
+        folder = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     def close(self, release_lock: bool = True):
         if self.env is not None:
@@ -313,6 +382,11 @@ class DiskTier:
             try:
                 with self.env.begin(write=True) as txn:
                     body(txn)
+                    if self._meta_live:
+                        txn.put(META_KEY, encode_meta(self.format, self.commit + 1), db=self.meta_db)
+                if self._meta_live:
+                    self.commit += 1
+                    self.version = FORMAT_VERSION   # a version-1 store is upgraded by its first write
                 return
             except lmdb.MapFullError:
                 self._grow()
@@ -378,7 +452,7 @@ class DiskTier:
         """(key, framed value or None) per row; None marks a row equal to the constant init."""
         keys = row_keys(ids)
         payloads = self.codec.encode(np.ascontiguousarray(rows))
-        constant = self.meta.constant
+        constant = self.format.constant
         if constant is None:
             skip = np.zeros(len(ids), dtype=bool)
         else:
@@ -454,6 +528,9 @@ class DiskTier:
             get = txn.get
             values = [get(k) for k in keys]
         found = np.fromiter((v is not None for v in values), dtype=bool, count=n)
+        if self.format.every_row_stored and not found.all():
+            raise CorruptRowError(ids[order[~found]], "its record is missing (every row of "
+                                  "this store was written at create)")
         out[positions[order[~found]]] = self.fill_row
         if not found.any():
             return
@@ -472,7 +549,7 @@ class DiskTier:
         verify_frames(keybytes, buf, starts, stops, ok)
         if not ok.all():
             raise CorruptRowError(ids[~ok], "checksum mismatch")
-        decoded = np.empty((len(values), self.meta.dim), dtype=self.dtype)
+        decoded = np.empty((len(values), self.format.dim), dtype=self.dtype)
         ok = self.codec.decode(buf, starts, stops, decoded)
         if not ok.all():
             raise CorruptRowError(ids[~ok], f"payload does not decode with codec {self.codec.codec_id!r}")
@@ -509,8 +586,15 @@ class DiskTier:
             return txn.stat(self.rows_db)["entries"]
 
     def sync(self):
+        """Make every committed write durable, then record its commit number beside the data.
+
+        Stale reader slots (of readers killed inside a read) are cleared first: they would
+        keep LMDB from reusing the pages they pin, and the file would grow without bound."""
         try:
+            self.env.reader_check()
             self.env.sync(True)
+            if self._meta_live:
+                self._write_commit_file()
         except (lmdb.Error, OSError) as exc:
             raise self._write_error(exc) from None
 

@@ -1,4 +1,4 @@
-"""The on-disk format: keys, framed values and the metadata record."""
+"""The on-disk format: keys, framed values and the metadata record (a TableFormat and a commit number)."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CorruptStoreError, FormatVersionError, NotAStoreError
+from ..errors import ConfigError, CorruptStoreError, FormatVersionError, NonFiniteRowError, NotAStoreError
+from ..table import TableFormat
 
 FORMAT_NAME = "tierstore"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: allow_nonfinite and the commit number in the metadata
 META_KEY = b"meta"
 DICT_KEY = b"zstd_dict"
 SHARD_KEY = b"shard"  # only in a shard of a sharded store (tierstore.distributed)
@@ -40,38 +41,54 @@ def unframe_record(key: bytes, value: bytes | None, what: str) -> bytes:
     return payload
 
 
-@dataclass(frozen=True)
-class StoreMeta:
-    """What the metadata record holds."""
+def encode_meta(table: TableFormat, commit: int) -> bytes:
+    """The framed metadata record (the newest format version): the table and its commit number."""
+    doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "num_rows": table.num_rows,
+           "dim": table.dim, "dtype": table.dtype, "codec": table.codec,
+           "init": {"kind": table.init_kind, "value": table.init_value}
+           if table.init_kind == "constant" else {"kind": "stored"},
+           "allow_nonfinite": table.allow_nonfinite, "commit": commit}
+    return frame(META_KEY, json.dumps(doc, sort_keys=True).encode())
 
-    num_rows: int
-    dim: int
-    dtype: str
-    codec: dict
-    init: dict  # {"kind": "constant", "value": float} or {"kind": "stored"}
-    version: int = FORMAT_VERSION
 
-    def to_bytes(self) -> bytes:
-        doc = {"format": FORMAT_NAME, "version": self.version, "num_rows": self.num_rows,
-               "dim": self.dim, "dtype": self.dtype, "codec": self.codec, "init": self.init}
-        return frame(META_KEY, json.dumps(doc, sort_keys=True).encode())
+def decode_meta(value: bytes | None, path) -> tuple[TableFormat, int, int]:
+    """(table, format version, commit number) of a metadata record; every field is checked.
 
-    @classmethod
-    def from_bytes(cls, value: bytes | None, path) -> "StoreMeta":
-        if value is None:
-            raise NotAStoreError(f"{path}: an LMDB database without tierstore metadata")
-        doc, version = _versioned_doc(
-            value, path, META_KEY, "metadata", FORMAT_NAME, FORMAT_VERSION, "format version",
-            NotAStoreError(f"{path}: metadata does not describe a tierstore"))
-        try:
-            return cls(int(doc["num_rows"]), int(doc["dim"]), str(doc["dtype"]),
-                       dict(doc["codec"]), dict(doc["init"]), version)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptStoreError(f"{path}: metadata record lacks a field ({exc})") from None
+    Version 1 recorded neither ``allow_nonfinite`` (it was a per-open choice: read as
+    False) nor a commit number (read as 0)."""
+    if value is None:
+        raise NotAStoreError(f"{path}: an LMDB database without tierstore metadata")
+    doc, version = _versioned_doc(
+        value, path, META_KEY, "metadata", FORMAT_NAME, FORMAT_VERSION, "format version",
+        NotAStoreError(f"{path}: metadata does not describe a tierstore"))
+    fields = _META_FIELDS[version]
+    missing = sorted(fields - doc.keys())
+    extra = sorted(doc.keys() - fields)
+    if missing or extra:
+        raise CorruptStoreError(f"{path}: metadata record " + (
+            f"lacks a field {missing[0]!r}" if missing else f"has an unknown field {extra[0]!r}"))
+    init = doc["init"]
+    if not isinstance(init, dict) or not ({"kind"} <= init.keys() <= {"kind", "value"}):
+        raise CorruptStoreError(f"{path}: metadata field init must be {{'kind': ..., 'value': ...}}, "
+                                f"got {init!r}")
+    commit = doc.get("commit", 0)
+    if type(commit) is not int or not 0 <= commit < 1 << 63:
+        raise CorruptStoreError(f"{path}: metadata field commit must be a non-negative int, "
+                                f"got {commit!r}")
+    for name in ("num_rows", "dim"):   # JSON numbers: 1e30 is a float, not an int
+        if type(doc[name]) is not int:
+            raise CorruptStoreError(f"{path}: metadata field {name} must be an int, got {doc[name]!r}")
+    try:
+        table = TableFormat(num_rows=doc["num_rows"], dim=doc["dim"], dtype=doc["dtype"],
+                            codec=doc["codec"], allow_nonfinite=doc.get("allow_nonfinite", False),
+                            init_kind=init["kind"], init_value=init.get("value"))
+    except (ConfigError, NonFiniteRowError) as exc:
+        raise CorruptStoreError(f"{path}: metadata field {exc}") from None
+    return table, version, commit
 
-    @property
-    def constant(self) -> float | None:
-        return self.init["value"] if self.init.get("kind") == "constant" else None
+
+_V1_FIELDS = frozenset({"format", "version", "num_rows", "dim", "dtype", "codec", "init"})
+_META_FIELDS = {1: _V1_FIELDS, 2: _V1_FIELDS | {"allow_nonfinite", "commit"}}
 
 
 @dataclass(frozen=True)
@@ -116,12 +133,16 @@ def _versioned_doc(value: bytes, path, key: bytes, what: str, format_name: str, 
     CorruptStoreError, another format raises ``foreign``, a newer version FormatVersionError."""
     try:
         doc = json.loads(unframe_record(key, value, what))
+    except RecursionError:
+        raise CorruptStoreError(f"{path}: {what} record is nested too deeply") from None
     except (CorruptStoreError, ValueError, UnicodeDecodeError) as exc:
         raise CorruptStoreError(f"{path}: {what} record is damaged ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != format_name:
         raise foreign
     version = doc.get("version")
-    if not isinstance(version, int) or version > newest:
+    if type(version) is not int or version < 1:
+        raise FormatVersionError(f"{path}: {version_label} {version!r} is not a version number")
+    if version > newest:
         raise FormatVersionError(
             f"{path}: {version_label} {version!r} is newer than this tierstore "
             f"(reads up to {newest}); upgrade tierstore")
