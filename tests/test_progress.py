@@ -56,7 +56,9 @@ def test_bench_and_profile_count_their_steps_on_a_terminal(tmp_path, monkeypatch
     assert cli.main(["bench", "--rows", "4000", "--dim", "8", "--batch", "512", "--warmup", "1",
                      "--timed", "1", "--alpha", "1.0", "--no-codecs",
                      "--workdir", str(tmp_path)]) == 0
-    # one stream (zipf 1.0) and the drifting one, 3 policies each, then resident and cold
+    # the table's create, then one stream (zipf 1.0) and the drifting one, 3 policies each,
+    # then resident and cold
+    assert "create table" in term.getvalue() and "4.00k/4.00k" in term.getvalue()
     assert "bench: 100%" in term.getvalue() and "8/8" in term.getvalue()
     trace = tmp_path / "t.npy"
     np.save(trace, np.random.default_rng(0).integers(0, 500, 3000))

@@ -195,7 +195,8 @@ def _run(spec, workdir, path, out, progress):
         f"batches of {spec.batch:,} ids, {spec.warmup} warm-up + {spec.timed} timed per stream")
     table = _table(spec)
     t0 = time.perf_counter()
-    api.create(path, spec.rows, spec.dim, spec.dtype, init=table, config=cfg, overwrite=True).close()
+    api.create(path, spec.rows, spec.dim, spec.dtype, init=table, config=cfg, overwrite=True,
+               progress=progress).close()
     out(f"store created in {time.perf_counter() - t0:.1f} s\n")
 
     streams = list(_streams(spec))
