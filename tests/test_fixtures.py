@@ -33,6 +33,9 @@ def test_fixture_reads_its_rows(version, tmp_path):
         with ts.open(tmp_path / name, readonly=True, config=TINY) as store:
             assert (store.num_rows, store.dim, store.dtype) == (len(rows), rows.shape[1], rows.dtype)
             assert store.codec.codec_id == name.split("_")[0]
+            assert store.format.every_row_stored == ("constant" not in name)
+            if version != "v1":   # version 1 did not record the non-finite rule
+                assert store.format.allow_nonfinite == ("nonfinite" in name)
             got = store.lookup(np.arange(store.num_rows))
             np.testing.assert_array_equal(got, rows, err_msg=name)
             assert store.check().ok, name

@@ -48,7 +48,8 @@ from .errors import (ConfigError, CorruptRowError, CorruptStoreError, FormatVers
                      NotAStoreError, StoreLockedError)
 from .progress import progress as progress_bar
 from .record_walk import BATCH, RecordWalk
-from .tiers.disk import LOCK_FILE, MIN_FILE_BYTES, DiskTier, FramedRows
+from .tiers.disk import (LOCK_FILE, MIN_FILE_BYTES, DiskTier, FramedRows, acknowledged_commit,
+                         rollback_problem)
 from .table import TableFormat
 from .tiers.format import DICT_KEY, META_DB, META_KEY, ROWS_DB, decode_meta, row_keys, unframe_record
 from .validation import check_int
@@ -131,10 +132,11 @@ def salvage(src, dst, *, overwrite: bool = False, num_rows: int | None = None,
     try:
         env, workdir, truncated = _open_source(src, dst)
         try:
-            meta, dictionary = _source_meta(env, src, num_rows, dim, dtype, codec)
+            meta, dictionary, rolled_back = _source_meta(env, src, num_rows, dim, dtype, codec)
             report = SalvageReport(str(src), str(dst), meta.num_rows)
-            if truncated:
-                report.problems.append(truncated)
+            for problem in (truncated, rolled_back):
+                if problem:
+                    report.problems.append(problem)
             build = StoreBuild(dst, meta, dictionary, map_size=_dest_map_size(src),
                                max_map_size=None, overwrite=overwrite)
             try:
@@ -226,7 +228,8 @@ def _open_source(src: Path, dst: Path):
 
 
 def _source_meta(env, src: Path, num_rows, dim, dtype, codec):
-    """The source's metadata and zstd dictionary, or one built from the caller's description."""
+    """The source's metadata and zstd dictionary, or one built from the caller's description,
+    and why the data is older than its last acknowledged flush (or None)."""
     hints = {"num_rows": num_rows, "dim": dim, "dtype": dtype, "codec": codec}
     meta, dictionary, why = None, None, None
     try:
@@ -241,7 +244,7 @@ def _source_meta(env, src: Path, num_rows, dim, dtype, codec):
         meta_db = env.open_db(META_DB, create=False)
         with env.begin(db=meta_db) as txn:
             raw, raw_dict = txn.get(META_KEY), txn.get(DICT_KEY)
-        meta = decode_meta(raw, src)[0]
+        meta, _, commit = decode_meta(raw, src)
         if raw_dict is not None:
             dictionary = unframe_record(DICT_KEY, raw_dict, "zstd dictionary")
         DiskTier._codec_for(meta, dictionary)
@@ -255,7 +258,7 @@ def _source_meta(env, src: Path, num_rows, dim, dtype, codec):
                 raise ConfigError(f"{src}: the store has {name} {getattr(meta, name)}, not {want!r}")
         if dtype is not None and _dtype_name(dtype) != meta.dtype:
             raise ConfigError(f"{src}: the store's dtype is {meta.dtype}, not {dtype!r}")
-        return meta, dictionary
+        return meta, dictionary, rollback_problem(src, commit, acknowledged_commit(src))
     missing = [k for k in ("num_rows", "dim", "dtype") if hints[k] is None]
     if missing:
         raise CorruptStoreError(
@@ -271,7 +274,7 @@ def _source_meta(env, src: Path, num_rows, dim, dtype, codec):
         check_int(name, hints[name], 1, expected="a positive int")
     meta = TableFormat(num_rows=num_rows, dim=dim, dtype=_dtype_name(dtype),
                        codec=codec_obj.get_config(), init_kind="constant", init_value=0.0)
-    return meta, getattr(codec_obj, "dictionary", None)
+    return meta, getattr(codec_obj, "dictionary", None), None
 
 
 def _dtype_name(dtype) -> str:

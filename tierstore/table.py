@@ -74,7 +74,7 @@ class TableFormat:
         with np.errstate(over="ignore", invalid="ignore"):
             cast = row.astype(self.dtype)
         if not self.allow_nonfinite and not np.isfinite(cast).all():
-            where = "" if np.isfinite(value) else " (after the cast to " + self.dtype + ")"
+            where = f" (after the cast to {self.dtype})" if np.isfinite(value) else ""
             raise NonFiniteRowError(f"init constant {value!r} is not finite{where}; "
                                     "create the store with allow_nonfinite=True to allow it")
         if codec.first_unencodable(cast) >= 0:

@@ -47,6 +47,29 @@ _ENVS_LOCK = threading.Lock()
 _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError)
 
 
+def acknowledged_commit(folder: Path) -> int | None:
+    """The commit number of the store's last acknowledged flush (``last_commit``), or None
+    when none was recorded (a version-1 store, or one copied without it)."""
+    try:
+        text = (folder / COMMIT_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _open_error(folder / COMMIT_FILE, exc) from None
+    if not text.endswith(b"\n") or not text[:-1].isdigit() or len(text) > 21:
+        raise CorruptStoreError(f"{folder / COMMIT_FILE}: not a commit number ({text[:40]!r})")
+    return int(text)
+
+
+def rollback_problem(folder: Path, commit: int, acknowledged: int | None) -> str | None:
+    """Why data at ``commit`` is older than the last acknowledged flush, or None."""
+    if acknowledged is None or commit >= acknowledged:
+        return None
+    return (f"{folder}: the data is older than its last acknowledged flush (LMDB holds "
+            f"commit {commit}, {COMMIT_FILE} says {acknowledged}): a meta page of data.mdb was "
+            "damaged or the file was replaced by an older copy; salvage it or restore a backup")
+
+
 def _open_error(path, exc) -> Exception:
     """What a failed open of ``path`` raises: a permission error where the user may not
     read or write the files LMDB needs, else CorruptStoreError."""
@@ -328,24 +351,12 @@ class DiskTier:
 
     # -- the commit number -----------------------------------------------------------------
     def _read_commit_file(self) -> int | None:
-        """The commit number of the last acknowledged flush, or None when none was recorded."""
-        try:
-            text = (self.path / COMMIT_FILE).read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise _open_error(self.path / COMMIT_FILE, exc) from None
-        if not text.endswith(b"\n") or not text[:-1].isdigit() or len(text) > 21:
-            raise CorruptStoreError(f"{self.path / COMMIT_FILE}: not a commit number ({text[:40]!r})")
-        return int(text)
+        return acknowledged_commit(self.path)
 
     def _refuse_rollback(self, acknowledged: int | None):
-        if acknowledged is not None and self.commit < acknowledged:
-            raise RolledBackStoreError(
-                f"{self.path}: the data is older than its last acknowledged flush (LMDB holds "
-                f"commit {self.commit}, {COMMIT_FILE} says {acknowledged}): a meta page of "
-                "data.mdb was damaged or the file was replaced by an older copy; salvage it "
-                "or restore a backup")
+        problem = rollback_problem(self.path, self.commit, acknowledged)
+        if problem:
+            raise RolledBackStoreError(problem)
 
     def _write_commit_file(self):
         """``last_commit`` := the synced commit number: temp file, fsync, rename, fsync folder."""

@@ -75,6 +75,9 @@ def decode_meta(value: bytes | None, path) -> tuple[TableFormat, int, int]:
     if type(commit) is not int or not 0 <= commit < 1 << 63:
         raise CorruptStoreError(f"{path}: metadata field commit must be a non-negative int, "
                                 f"got {commit!r}")
+    if not isinstance(doc["codec"], dict):
+        raise CorruptStoreError(f"{path}: metadata field codec must be a codec's config (a dict), "
+                                f"got {doc['codec']!r}")
     for name in ("num_rows", "dim"):   # JSON numbers: 1e30 is a float, not an int
         if type(doc[name]) is not int:
             raise CorruptStoreError(f"{path}: metadata field {name} must be an int, got {doc[name]!r}")
