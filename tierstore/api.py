@@ -14,7 +14,7 @@ from .errors import ConfigError, RowShapeError
 from .progress import progress as progress_bar
 from .salvage import SalvageReport, salvage  # noqa: F401  (tierstore.api.salvage)
 from .store import CREATE_CHUNK, Store
-from .table import DTYPES, TableFormat
+from .table import DTYPES, TableFormat, check_shape
 from .tier_sizes import check_fits, fitted_config
 from .tiers.disk import DiskTier
 from .validation import as_rows
@@ -38,7 +38,7 @@ def create(path, num_rows: int, dim: int, dtype="float16", init=None,
     saved with it (``store.format``); ``config`` says how this open caches it.
     """
     config = _check_config(config)
-    num_rows, dim, dtype = _check_shape(num_rows, dim, dtype)
+    num_rows, dim, dtype = check_shape(num_rows, dim, dtype)
     codec = get_codec(codec)
     constant = init is None or (isinstance(init, numbers.Real) and not isinstance(init, bool))
     table = TableFormat(num_rows=num_rows, dim=dim, dtype=dtype.name, codec=codec.get_config(),
@@ -150,21 +150,6 @@ def _as_dtype(dtype) -> np.dtype:
         return np.dtype(dtype)
     except TypeError:
         raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}") from None
-
-
-def _check_shape(num_rows, dim, dtype):
-    for name, value in (("num_rows", num_rows), ("dim", dim)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ConfigError(f"{name} must be a positive int, got {value!r}")
-    try:
-        if dtype is None:
-            raise TypeError
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}") from None
-    if dt.name not in DTYPES:
-        raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    return int(num_rows), int(dim), dt
 
 
 def _init_chunks(init, table: TableFormat, codec):

@@ -1,12 +1,13 @@
 """Store configuration: a frozen, validated dataclass."""
 from __future__ import annotations
 
-import numbers
+import dataclasses
 import re
 from dataclasses import dataclass
 
 from .errors import ConfigError
 from .table import DTYPES  # noqa: F401  (tierstore.config.DTYPES)
+from .validation import check_int
 
 POLICIES = ("adaptive", "wtinylfu", "lru", "lfu")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -21,8 +22,8 @@ class StoreConfig:
 
     ``device_rows`` and ``ram_rows`` are the capacities of the hot and warm
     tiers; every row also lives on disk. ``policy`` picks who stays in memory:
-    ``"adaptive"`` (W-TinyLFU whose window is sized by hill climbing, the
-    default), ``"wtinylfu"`` (fixed 1% window), ``"lru"`` or ``"lfu"``.
+    ``"adaptive"`` (W-TinyLFU whose window is sized from two ghosts of recently
+    evicted ids, the default), ``"wtinylfu"`` (fixed 1% window), ``"lru"`` or ``"lfu"``.
     The LMDB map starts at ``map_size`` bytes and doubles when full, up to
     ``max_map_size`` (``None``: no ceiling but the disk). Dirty rows evicted from
     memory wait in a write-back buffer until ``writeback_rows`` of them go to disk
@@ -44,42 +45,31 @@ class StoreConfig:
     partitions: int = 1
 
     def __post_init__(self):
-        for name in ("device_rows", "ram_rows"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative int, got {value!r}")
-            object.__setattr__(self, name, int(value))
+        def check(name, *bounds, **wording):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), *bounds, **wording))
+
+        check("device_rows", 0, expected="a non-negative int")
+        check("ram_rows", 0, expected="a non-negative int")
         if self.device_rows + self.ram_rows < 1:
             raise ConfigError("device_rows + ram_rows must be at least 1")
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
             raise ConfigError(f"device must be 'cpu' or 'cuda[:n]', got {self.device!r}")
         if self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {POLICIES}, got {self.policy!r}")
-        if isinstance(self.map_size, bool) or not isinstance(self.map_size, int) or self.map_size < (1 << 20):
-            raise ConfigError(f"map_size must be an int of at least 1 MiB, got {self.map_size!r}")
-        if self.max_map_size is not None and (
-            not isinstance(self.max_map_size, int) or self.max_map_size < self.map_size
-        ):
-            raise ConfigError(
-                f"max_map_size must be None or an int >= map_size, got {self.max_map_size!r}"
-            )
-        if self.sketch_width is not None and (
-            not isinstance(self.sketch_width, int) or self.sketch_width < 16
-        ):
-            raise ConfigError(f"sketch_width must be None or an int >= 16, got {self.sketch_width!r}")
-        if self.writeback_rows is not None and (
-            isinstance(self.writeback_rows, bool) or not isinstance(self.writeback_rows, int)
-            or self.writeback_rows < 1
-        ):
-            raise ConfigError(f"writeback_rows must be None or an int >= 1, got {self.writeback_rows!r}")
-        if (isinstance(self.partitions, bool) or not isinstance(self.partitions, int)
-                or not 1 <= self.partitions <= self.device_rows + self.ram_rows):
-            raise ConfigError(f"partitions must be an int from 1 to device_rows + ram_rows "
-                              f"({self.device_rows + self.ram_rows}), got {self.partitions!r}")
+        check("map_size", 1 << 20, expected="an int of at least 1 MiB")
+        check("max_map_size", self.map_size, none_ok=True, expected="None or an int >= map_size")
+        check("sketch_width", 16, none_ok=True)
+        check("writeback_rows", 1, none_ok=True)
+        memory = self.device_rows + self.ram_rows
+        check("partitions", 1, memory, expected=f"an int from 1 to device_rows + ram_rows ({memory})")
 
     @property
     def memory_rows(self) -> int:
         return self.device_rows + self.ram_rows
+
+    def to_dict(self) -> dict:
+        """This config as plain data (for a checkpoint); :meth:`from_dict` rebuilds it."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, fields: dict) -> "StoreConfig":

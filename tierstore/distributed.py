@@ -75,6 +75,7 @@ from .errors import (
 from .kernels.batch import dedupe, dedupe_last
 from .prefetch import PrefetchHandle
 from .store import CREATE_CHUNK, CheckReport, Store
+from .table import check_shape
 from .table_store import TableStore
 from .tiers.format import SHARD_KEY, ShardMeta
 from .validation import as_id_array, as_rows, is_torch_tensor
@@ -156,7 +157,7 @@ def create_sharded(path, num_rows: int, dim: int, dtype="float16", init=None,
     record (:func:`open_sharded` refuses them).
     """
     comm = _Comm(group)
-    num_rows, dim, dtype = api._check_shape(num_rows, dim, dtype)  # the same on every rank
+    num_rows, dim, dtype = check_shape(num_rows, dim, dtype)  # the same on every rank
     layout = ShardingRule(rule, num_rows, comm.world_size)
     config = _local_config(config, comm)
     where = shard_path(path, comm.rank, comm.world_size)

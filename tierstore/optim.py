@@ -179,7 +179,7 @@ class RowAdagrad(RowOptimizer):
         return {"type": "RowAdagrad", "lr": self.lr, "eps": self.eps,
                 "initial_accumulator_value": self.initial_accumulator_value,
                 "state_path": None if self.state_path is None else str(self.state_path),
-                "state_config": None if self.state_config is None else _config_dict(self.state_config)}
+                "state_config": None if self.state_config is None else self.state_config.to_dict()}
 
     def flush(self):
         if self.state is not None and not self.state.readonly:
@@ -189,12 +189,6 @@ class RowAdagrad(RowOptimizer):
         if self.state is not None:
             self.state.close()
             self.state = None
-
-
-def _config_dict(config) -> dict:
-    import dataclasses
-
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
 
 
 def default_state_config(store):

@@ -13,6 +13,7 @@ import numpy as np
 
 from .codecs import get_codec
 from .errors import ConfigError, NonFiniteRowError
+from .validation import check_int
 
 DTYPES = ("float16", "float32", "float64")
 INIT_KINDS = ("constant", "stored")
@@ -43,11 +44,7 @@ class TableFormat:
 
     def __post_init__(self):
         for name, top in (("num_rows", MAX_ROWS), ("dim", MAX_DIM)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-                    or not 1 <= value <= top:
-                raise ConfigError(f"{name} must be an int from 1 to {top}, got {value!r}")
-            object.__setattr__(self, name, int(value))
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 1, top))
         if not isinstance(self.dtype, str) or self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         codec = get_codec(self.codec)
@@ -93,3 +90,19 @@ class TableFormat:
     @property
     def every_row_stored(self) -> bool:
         return self.init_kind == "stored"
+
+
+def check_shape(num_rows, dim, dtype) -> tuple[int, int, np.dtype]:
+    """The shape and dtype a table is created with, checked: ``(num_rows, dim, np.dtype)``,
+    else a ConfigError."""
+    num_rows = check_int("num_rows", num_rows, 1, expected="a positive int")
+    dim = check_int("dim", dim, 1, expected="a positive int")
+    try:
+        if dtype is None:
+            raise TypeError
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}") from None
+    if dt.name not in DTYPES:
+        raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return num_rows, dim, dt

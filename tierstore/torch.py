@@ -53,7 +53,7 @@ nn = torch.nn
 from . import api
 from .config import StoreConfig
 from .errors import CheckpointError, ConfigError, IdTypeError, NoOptimizerError, OptimizerTypeError
-from .optim import RowAdagrad, RowOptimizer, RowSGD, _config_dict, optimizer_from_config
+from .optim import RowAdagrad, RowOptimizer, RowSGD, optimizer_from_config
 
 __all__ = [
     "RowAdagrad",
@@ -100,7 +100,7 @@ def _version(t) -> int:
 
 def config_to_dict(config: StoreConfig) -> dict:
     """A StoreConfig as plain data (``StoreConfig(**d)`` rebuilds it)."""
-    return _config_dict(config)
+    return config.to_dict()
 
 
 class _Record:
