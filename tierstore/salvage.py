@@ -247,7 +247,7 @@ def _source_meta(env, src: Path, num_rows, dim, dtype, codec):
         meta, _, commit = decode_meta(raw, src)
         if raw_dict is not None:
             dictionary = unframe_record(DICT_KEY, raw_dict, "zstd dictionary")
-        DiskTier._codec_for(meta, dictionary)
+        DiskTier.codec_for(meta, dictionary)
     except FormatVersionError:
         raise
     except (NotAStoreError, CorruptStoreError, ConfigError, lmdb.Error) as exc:

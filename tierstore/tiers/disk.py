@@ -217,7 +217,7 @@ class DiskTier:
                 self.format, self._dictionary = _create[0], _create[1]
                 self.version = FORMAT_VERSION
                 self._open_env(map_size, create=True)
-                self.codec = self._codec_for(self.format, self._dictionary)
+                self.codec = self.codec_for(self.format, self._dictionary)
             else:
                 acknowledged = self._read_commit_file()   # first: it never runs ahead of LMDB
                 self._open_env(map_size, create=False)
@@ -338,12 +338,13 @@ class DiskTier:
         elif table.codec.get("id") == "zstd" and table.codec.get("dict_size", 0) > 0:
             raise CorruptStoreError(f"{self.path}: the zstd dictionary record is missing")
         try:
-            return table, version, commit, self._codec_for(table, dictionary)
+            return table, version, commit, self.codec_for(table, dictionary)
         except ConfigError as exc:
             raise CorruptStoreError(f"{self.path}: metadata names a bad codec ({exc})") from None
 
     @staticmethod
-    def _codec_for(table: TableFormat, dictionary: bytes | None) -> Codec:
+    def codec_for(table: TableFormat, dictionary: bytes | None) -> Codec:
+        """The codec a table's format names, with its trained dictionary (when it has one)."""
         config = dict(table.codec)
         if dictionary is not None:
             config["dictionary"] = dictionary
