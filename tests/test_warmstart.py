@@ -268,6 +268,22 @@ def test_close_during_the_warm_ends_it(made, monkeypatch):
     assert s._prefetcher is None
 
 
+def test_a_warm_advances_at_each_store_call_while_the_caller_keeps_the_lock(made, monkeypatch):
+    """A caller that never leaves the lock free (back-to-back lookups) still lets a background
+    warm advance: each call's start admits the chunk read since."""
+    path, table = made
+    monkeypatch.setattr(W, "WARM_CHUNK", 16)
+    with _open(path) as s:
+        with s._lock:                        # the worker can never take it meanwhile
+            handle = s.warm(_descending(64), progress=False)
+            for chunk in range(1, 5):
+                while handle._pending is None:     # the worker has read the chunk
+                    handle._done.wait(0.001)
+                np.testing.assert_array_equal(s.lookup([1000]), table[[1000]])
+                assert handle.loaded == 16 * chunk
+        assert handle.wait() == 64 and s.stats()["lookups"] == 4 and s.check().ok
+
+
 # -- a warmed store reads exactly the rows written ---------------------------------------------------
 @settings(max_examples=25, deadline=None)
 @given(st.data())

@@ -23,6 +23,7 @@ from .tier_sizes import check_fits, fitted_config
 from .tiers.disk import DiskTier
 from .tiers.memory import HostMemory
 from .validation import as_id_array, as_rows, is_torch_tensor
+from .warmstart import admit_ready, start_warm
 from .writeback import WriteBackBuffer
 
 CREATE_CHUNK = 1 << 16
@@ -123,6 +124,7 @@ class Store(TableStore):
         self._ahead: weakref.WeakSet[LookupHandle] = weakref.WeakSet()   # async lookups, for staleness
         self._disk_rows_read = 0
         self.warming = None          # the last warm start (Store.warm), if any
+        self._warms = []             # warm starts in progress
 
     @property
     def disk(self) -> DiskTier:
@@ -222,6 +224,8 @@ class Store(TableStore):
             planning, self._planning = self._planning, None
             if planning is not None:
                 planning.result()
+            if self._warms:     # warm chunks read in the background enter memory here
+                admit_ready(self)
             yield
 
     def _wait_ahead(self):
@@ -354,8 +358,6 @@ class Store(TableStore):
         :class:`~tierstore.warmstart.WarmHandle` (``wait()``, ``loaded``, ``total``), also
         kept as ``store.warming``. ``progress``: a bar on stderr (when it is a terminal).
         """
-        from .warmstart import start_warm
-
         self.warming = start_warm(self, hot, progress)
         return self.warming
 

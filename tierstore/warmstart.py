@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from .validation import as_id_array
 
 COUNTS_FORMAT = "tierstore.hot_counts/1"
 WARM_CHUNK = 8192           # rows read and admitted at a time: the lock is held for one chunk
+ADMIT_RETRY_SECONDS = 0.05  # an idle store: how often the worker tries the lock for a read chunk
 MAX_AMOUNT = 255            # the sketch's counters saturate here
 # lookup counters warming must leave alone (stats() and the adaptive window's sample)
 UNCOUNTED = (S.DEVICE_HITS, S.RAM_HITS, S.MISSES, S.SAMPLE_HITS, S.SAMPLE_MISSES)
@@ -95,7 +97,8 @@ def load_counts(path) -> tuple[np.ndarray, np.ndarray, int]:
 class WarmHandle:
     """A warm start in progress. ``total``: rows it will try to load (the hottest, at most the
     memory tiers' rows); ``loaded``: rows it put into memory so far (a row already in memory,
-    or written while its chunk was read, is left to the store and not counted). ``wait()``
+    or written while its chunk was read, is left to the store and not counted); ``seconds``:
+    how long it took, once done. ``wait()``
     blocks until done and returns ``loaded``, raising what stopped the warm, if anything; a
     store closed mid-warm simply ends it."""
 
@@ -103,7 +106,10 @@ class WarmHandle:
         self._ids, self._amounts, self._bar = ids, amounts, bar
         self.total = len(ids)
         self.loaded = 0
-        self._next = 0
+        self.seconds: float | None = None
+        self._started = time.perf_counter()
+        self._next = 0                      # the first id not yet begun
+        self._pending = None                # a chunk read, waiting to enter memory
         self._error: BaseException | None = None
         self._done = threading.Event()
 
@@ -119,6 +125,7 @@ class WarmHandle:
 
     def _finish(self, error: BaseException | None = None):
         self._error = error
+        self.seconds = time.perf_counter() - self._started
         self._bar.close()
         self._done.set()
 
@@ -136,8 +143,17 @@ def start_warm(store, hot, progress: bool = True) -> WarmHandle:
         ids, amounts = _bounded(ids, counts, accesses, store._state)
         handle = WarmHandle(ids, amounts, progress_bar(len(ids), f"warm {Path(store.path).name}",
                                                          enabled=progress))
-        store._worker().submit(_warm_chunk, store, handle)
+        store._warms.append(handle)
+        _begin_chunk(store, handle)
     return handle
+
+
+def admit_ready(store):
+    """Run at the start of every store call, under the store's lock: warm chunks read since
+    enter memory, and their next chunks begin. Under a steady stream of calls, which leaves the
+    lock free only for instants, a warm advances here, a chunk a call."""
+    for handle in list(store._warms):
+        _admit_pending(store, handle)
 
 
 def _hot_pairs(hot, num_rows: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -195,59 +211,87 @@ def _bounded(ids, counts, accesses, state):
     return ids, amounts
 
 
-def _warm_chunk(store, handle: WarmHandle):
-    """Load the handle's next chunk; then queue the next (one at a time, so prefetches and
-    lookups ahead queued meanwhile wait for one chunk at most)."""
+class _Chunk:
+    """One chunk of a warm: its ids not in memory when it began, and their rows once read."""
+
+    def __init__(self, ids, amounts, gen: int, span: int):
+        self.ids, self.amounts, self.gen, self.span = ids, amounts, gen, span
+        self.rows = None
+        self.error: BaseException | None = None
+        self.consumed = threading.Event()
+
+
+def _begin_chunk(store, handle: WarmHandle):
+    """Under the lock: the next chunk's ids go to the worker to be read, or the warm ends."""
+    if store._closed or handle._next >= handle.total:
+        _end(store, handle)
+        return
+    k = handle._next
+    handle._next = min(k + WARM_CHUNK, handle.total)
+    ids, amounts = handle._ids[k:handle._next], handle._amounts[k:handle._next]
+    _, slots = store._state.probe(ids)
+    chunk = _Chunk(ids[slots < 0], amounts[slots < 0], store._write_gen, handle._next - k)
+    store._inflight += 1            # while it reads, updates note the ids they write
+    store._worker().submit(_read_chunk, store, handle, chunk)
+
+
+def _read_chunk(store, handle: WarmHandle, chunk: _Chunk):
+    """On the worker, without the lock: read the chunk's rows, then see them admitted, by
+    the next store call or, on an idle store, by this thread once the lock is free."""
     try:
-        loaded = _load_chunk(store, handle)
+        chunk.rows = np.empty((len(chunk.ids), store.dim), dtype=store.dtype)
+        store._disk.read_rows(chunk.ids, chunk.rows, np.arange(len(chunk.ids)))
     except BaseException as exc:  # noqa: BLE001  (wait() raises it)
-        handle._finish(exc)
-        return
-    if loaded is None or handle._next >= handle.total:
-        if loaded is not None:
-            _reorder(store, handle)
-        handle._finish()
-        return
-    with store._exclusive():
-        if store._closed:           # the warm ends with the store
-            handle._finish()
+        chunk.error = exc
+    handle._pending = chunk
+    while not chunk.consumed.is_set():
+        if store._lock.acquire(blocking=False):
+            try:
+                with store._exclusive():        # (whose start may have admitted it)
+                    _admit_pending(store, handle)
+            finally:
+                store._lock.release()
         else:
-            store._worker().submit(_warm_chunk, store, handle)
+            chunk.consumed.wait(ADMIT_RETRY_SECONDS)
 
 
-def _load_chunk(store, handle: WarmHandle):
-    """Read one chunk's rows outside the lock and admit them; None once the store is closed."""
-    with store._exclusive():
-        if store._closed:
-            return None
-        store._inflight += 1        # while it reads, updates note the ids they write
+def _admit_pending(store, handle: WarmHandle):
+    """Under the lock: the chunk read last (if any) enters memory, less the rows that entered
+    memory or were written while it was read; then the next chunk begins."""
+    chunk, handle._pending = handle._pending, None
+    if chunk is None:
+        return
+    error = chunk.error
     try:
-        with store._exclusive():
-            k = handle._next
-            handle._next = min(k + WARM_CHUNK, handle.total)
-            ids, amounts = handle._ids[k:handle._next], handle._amounts[k:handle._next]
-            _, slots = store._state.probe(ids)
-            ids, amounts = ids[slots < 0], amounts[slots < 0]
-            gen = store._write_gen
-        rows = np.empty((len(ids), store.dim), dtype=store.dtype)
-        store._disk.read_rows(ids, rows, np.arange(len(ids)))
-        with store._exclusive():
-            if store._closed:
-                return None
-            _, slots = store._state.probe(ids)
-            keep = (slots < 0) & ~np.isin(ids, store._written_since(gen))
-            ids, amounts, rows = ids[keep], amounts[keep], rows[keep]
+        if error is None and not store._closed:
+            _, slots = store._state.probe(chunk.ids)
+            keep = (slots < 0) & ~np.isin(chunk.ids, store._written_since(chunk.gen))
+            ids, amounts, rows = chunk.ids[keep], chunk.amounts[keep], chunk.rows[keep]
             store._writeback.overlay(ids, rows)      # evicted dirty rows are newer than disk
             store._staging.drop(ids)
             _admit(store, ids, amounts, rows)
             handle.loaded += len(ids)
-            handle._bar.update(int(handle._next - k))
-            return len(ids)
+            handle._bar.update(int(chunk.span))
+    except BaseException as exc:  # noqa: BLE001  (wait() raises it, not the call it ran in)
+        error = exc
     finally:
-        with store._exclusive():
-            store._inflight -= 1
-            if not store._inflight:
-                store._recent_writes = []
+        store._inflight -= 1
+        if not store._inflight:
+            store._recent_writes = []
+        chunk.consumed.set()
+    if error is not None:
+        _end(store, handle, error)
+    else:
+        _begin_chunk(store, handle)
+
+
+def _end(store, handle: WarmHandle, error: BaseException | None = None):
+    """The warm is over. A complete one reorders its rows still in memory as if used coldest
+    first and hottest last."""
+    store._warms.remove(handle)
+    if error is None and not store._closed:
+        store._state.touch(handle._ids[::-1].copy())
+    handle._finish(error)
 
 
 def _admit(store, ids, amounts, rows):
@@ -264,11 +308,3 @@ def _admit(store, ids, amounts, rows):
     finally:
         for s, values in zip(states, kept):
             s.meta[list(UNCOUNTED)] = values
-
-
-def _reorder(store, handle: WarmHandle):
-    """The warm rows still in memory, as if used coldest first and hottest last."""
-    with store._exclusive():
-        if not store._closed:
-            store._state.touch(handle._ids[::-1].copy())
-

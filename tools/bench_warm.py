@@ -75,7 +75,7 @@ def serve(path, config, counts, mode, served, batch, batches, seconds):
         rows.append(_point(store, n, start))
     if mode == "warm, not waited":
         store.warming.wait()
-        warm_seconds = time.perf_counter() - t0
+        warm_seconds = store.warming.seconds
     store.close()
     return rows, warm_seconds
 
@@ -120,8 +120,8 @@ def main():
                 _print_first_seconds(results, args.seconds)
             else:
                 _print_checkpoints(results)
-            print(f"warm start: {results['warm'][1]:.1f} s waited before the first batch; "
-                  f"{results['warm, not waited'][1]:.1f} s until the background warm was done")
+            print(f"warm start: {results['warm'][1]:.2f} s waited before the first batch; "
+                  f"the warm beside the batches took {results['warm, not waited'][1]:.2f} s")
 
 
 def _print_checkpoints(results):
