@@ -632,6 +632,12 @@ def test_training_errors_are_named_and_builtins_too(tmp_path):
     expect(E.ConfigError, ValueError, "unknown row optimizer", optimizer_from_config, {"type": "Adam"})
     expect(E.UnboundOptimizerError, RuntimeError, "not bound", RowAdagrad().apply,
            np.array([0]), torch.zeros((1, D)), torch.zeros((1, D)))
+    adagrad = RowAdagrad()
+    adagrad.bind(store)
+    other = make_store(tmp_path, make_table(), name="other.ts")
+    expect(E.OptimizerStateError, ValueError, "keeps state for", adagrad.bind, other)
+    other.close()
+    adagrad.close()
     store.close()
     block, hasher, _ = make_engram(tmp_path)
     hidden = torch.zeros((1, 5, HIDDEN))

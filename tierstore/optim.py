@@ -124,7 +124,7 @@ class RowAdagrad(RowOptimizer):
         if self.state is not None:
             if Path(store.path).resolve() != self._table_path:
                 raise OptimizerStateError(f"this RowAdagrad keeps state for {self._table_path}; "
-                                 f"make one optimizer per table (got {store.path})")
+                                          f"make one optimizer per table (got {store.path})")
             return
         from . import api
 
@@ -134,9 +134,10 @@ class RowAdagrad(RowOptimizer):
             state = api.open(path, config, readonly=store.readonly)
             if state.num_rows != store.num_rows or state.dim != 1 or state.dtype != np.float32:
                 state.close()
-                raise OptimizerStateError(f"{path}: optimizer state of shape {state.num_rows}x{state.dim} "
-                                 f"{state.dtype} does not fit a {store.num_rows}-row table "
-                                 "(want Nx1 float32); pass reset_state=True to recreate it")
+                raise OptimizerStateError(
+                    f"{path}: optimizer state of shape {state.num_rows}x{state.dim} {state.dtype} "
+                    f"does not fit a {store.num_rows}-row table (want Nx1 float32); pass "
+                    "reset_state=True to recreate it")
         else:
             state = api.create(path, num_rows=store.num_rows, dim=1, dtype="float32",
                                init=self.initial_accumulator_value, config=config, overwrite=True)
