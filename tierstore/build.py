@@ -195,8 +195,8 @@ class StoreBuild:
             self.disk.commit_meta()
             _step("built")
             self.disk.close(release_lock=False)   # reopened below as a store, synced commits
+            _sync_dir(self.folder)                # data.mdb's name in its folder, durable
             if not self.in_place:
-                _sync_dir(self.folder)
                 self._swap()
         except BaseException:
             self.abort()
