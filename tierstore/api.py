@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def create(path, num_rows: int, dim: int, dtype="float16", init=None,
     try:
         with progress_bar(num_rows, f"create {path.name}",
                           enabled=progress and chunks is not None) as bar:
-            build.append_chunks(_counted(chunks or (), bar))
+            build.append_chunks(chunks or (), on_written=bar.update)
     except BaseException:
         build.abort()
         raise
@@ -70,12 +71,6 @@ def create(path, num_rows: int, dim: int, dtype="float16", init=None,
     except BaseException:
         disk.close()
         raise
-
-
-def _counted(chunks, bar):
-    for start, rows in chunks:
-        yield start, rows
-        bar.update(len(rows))
 
 
 def open(path, config: StoreConfig | None = None, readonly: bool = False, *,
@@ -173,16 +168,19 @@ def _init_chunks(init, table: TableFormat, codec):
 
 
 def _checked_chunks(source, num_rows, dim, dtype, allow_nonfinite, codec):
-    """Each chunk validated as it is written: a bad one aborts the build, which leaves
-    nothing behind, and only one chunk is held at a time."""
+    """``(start, prepare)`` per chunk: ``source`` is called here, in order, and
+    ``prepare()`` validates its rows as they are written (on the build's worker thread).
+    A bad chunk aborts the build, which leaves nothing behind; a chunk at a time is held."""
     for start in range(0, num_rows, CREATE_CHUNK):
         stop = min(start + CREATE_CHUNK, num_rows)
-        yield start, as_rows(source(start, stop), (stop - start, dim), dtype, allow_nonfinite,
-                             what=f"init rows {start}:{stop}", row_ids=start, codec=codec)
+        yield start, partial(as_rows, source(start, stop), (stop - start, dim), dtype,
+                             allow_nonfinite, what=f"init rows {start}:{stop}", row_ids=start,
+                             codec=codec)
 
 
 def _training_sample(init, table: TableFormat, codec):
+    if not callable(init):
+        return np.asarray(init)[:TRAIN_SAMPLE_ROWS].astype(table.np_dtype)
     sample = replace(table, num_rows=min(table.num_rows, TRAIN_SAMPLE_ROWS))
-    chunks = list(_init_chunks(init, sample, codec)) if callable(init) \
-        else [(0, np.asarray(init)[:TRAIN_SAMPLE_ROWS])]
-    return np.concatenate([rows for _, rows in chunks]).astype(table.np_dtype)
+    chunks = _init_chunks(init, sample, codec)
+    return np.concatenate([prepare() for _, prepare in chunks]).astype(table.np_dtype)

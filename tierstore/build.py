@@ -173,20 +173,31 @@ class StoreBuild:
                 shutil.rmtree(self.folder, ignore_errors=True)
             raise
 
-    def append_chunks(self, chunks):
-        """Append ``(first_id, rows)`` chunks in id order: each is framed on a worker thread
-        while the one before is written (the kernel releases the GIL), so at most two
-        chunks are held at once."""
+    def append_chunks(self, chunks, on_written=None):
+        """Append chunks in id order: ``chunks`` yields ``(first_id, prepare)`` where
+        ``prepare()`` gives the chunk's validated rows. Preparing and framing run on a
+        worker thread (the checks and the CRC kernel release the GIL) while the chunk
+        before is written, so at most two chunks are held at once. ``on_written(count)``
+        follows each chunk's write (a progress bar)."""
+        def framed(first_id, prepare):
+            return self.disk.frame_for_append(first_id, prepare())
+
+        def write(future):
+            rows = future.result()
+            self.disk.append_framed(rows)
+            if on_written is not None:
+                on_written(rows.count)
+
         with ThreadPoolExecutor(1, thread_name_prefix="tierstore-build") as pool:
             pending = None
-            for first_id, rows in chunks:
-                framing = pool.submit(self.disk.frame_for_append, first_id, rows)
+            for first_id, prepare in chunks:
+                framing = pool.submit(framed, first_id, prepare)
                 if pending is not None:
-                    self.disk.append_framed(pending.result())
+                    write(pending)
                     _step("chunk")
                 pending = framing
             if pending is not None:
-                self.disk.append_framed(pending.result())
+                write(pending)
 
     def finish(self, reopen: bool = False) -> DiskTier | None:
         """Commit the metadata, sync, and put the store at ``path``; with ``reopen``, the

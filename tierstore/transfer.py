@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -211,18 +212,16 @@ def import_table(src: ArraySource, path, *, dtype=None, codec="raw", overwrite: 
         codec_obj = codec_obj.trained(chunk(0, min(src.num_rows, TRAIN_SAMPLE_ROWS)))
     t0 = time.perf_counter()
 
-    def chunks():
+    def chunks():   # each checked on the build's worker thread, as it is written
         for a in range(0, src.num_rows, chunk_rows):
-            b = min(a + chunk_rows, src.num_rows)
-            yield a, chunk(a, b)
-            bar.update(b - a)
+            yield a, partial(chunk, a, min(a + chunk_rows, src.num_rows))
 
     build = StoreBuild(path, table, getattr(codec_obj, "dictionary", None),
                        map_size=config.map_size, max_map_size=config.max_map_size,
                        overwrite=overwrite)
     try:
         with progress_bar(src.num_rows, f"import {src.path.name}", enabled=progress) as bar:
-            build.append_chunks(chunks())
+            build.append_chunks(chunks(), on_written=bar.update)
     except BaseException:
         build.abort()
         raise
