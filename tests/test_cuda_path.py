@@ -1,4 +1,5 @@
-"""The CUDA tier's lookup path: GPU gather, pinned RAM slab, staged uploads (GPU only)."""
+"""The CUDA tier's lookup path: GPU index, gather from HBM and pinned RAM, misses through the
+host, the planner's rounds off the lookup's path (GPU only)."""
 import numpy as np
 import pytest
 
@@ -90,9 +91,9 @@ def test_rows_never_come_back_from_the_gpu(tmp_path, monkeypatch):
             copies.append(t.device)
             return real_cpu(t, *a, **k)
 
-        def copy_(dst, src, *a, **k):
-            if src.is_cuda and not dst.is_cuda:
-                copies.append(src.device)
+        def copy_(dst, src, *a, **k):   # only the lookups' miss lists (int64) come back
+            if src.is_cuda and not dst.is_cuda and src.dtype != torch.int64:
+                copies.append(src.dtype)
             return real_copy(dst, src, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, "cpu", cpu)
@@ -117,7 +118,7 @@ def test_rows_never_come_back_from_the_gpu(tmp_path, monkeypatch):
 def test_buffers_grown_under_inference_mode_serve_lookups_on_a_worker(tmp_path):
     table = np.random.default_rng(9).normal(size=(5000, 8)).astype(np.float16)
     with _store(tmp_path, table, device_rows=256, ram_rows=1024) as store:
-        with torch.inference_mode():           # the scratch tail and staging grow in the mode
+        with torch.inference_mode():           # the index, outputs and staging grow in the mode
             for k in range(4):
                 ids = zipf_ids(5000, 0.9, 3000, seed=k)
                 np.testing.assert_array_equal(store.lookup(ids).cpu().numpy(), table[ids])
@@ -152,3 +153,71 @@ def test_lookup_on_a_side_stream_and_empty_batches(tmp_path):
                 out = store.lookup(torch.as_tensor(ids))
                 got = out.cpu().numpy()
                 np.testing.assert_array_equal(got, table[ids])
+
+
+def test_triton_lookup_matches_the_torch_probe_and_lists_every_miss():
+    from tierstore.tiers.cuda import CudaMemory
+
+    rng = np.random.default_rng(11)
+    for dim, dtype in ((64, np.float16), (12, np.float32), (3, np.float16)):
+        mem = CudaMemory(500, 1500, dim, dtype, "cuda")
+        ids = rng.choice(10**9, 2000, replace=False)
+        slots = rng.permutation(2000)
+        rows = rng.normal(size=(2000, dim)).astype(dtype)
+        mem.write(slots, rows)
+        mem.retarget(ids[:0], ids[:0], ids, slots)
+        mem.commit()
+        mem.retarget(ids[:300], slots[:300], ids[:0], ids[:0])    # 300 leave again
+        mem.commit()
+        query = np.concatenate([ids, rng.integers(0, 10**9, 700)])[rng.permutation(2700)]
+        query = np.concatenate([query] * 3)              # repeats, over the first copy's pairs
+        pending = mem.issue(query.reshape(90, 90))
+        positions, missed = mem.misses(pending)
+        where = {int(i): k for k, i in enumerate(ids[300:])}
+        want_miss = np.array([int(i) not in where for i in query])
+        assert sorted(positions.tolist()) == np.flatnonzero(want_miss).tolist()
+        np.testing.assert_array_equal(missed, query[positions])
+        mem.fill(pending, positions, np.zeros((len(positions), dim), dtype=dtype))
+        out = mem.deliver(mem.ready(pending)).cpu().numpy().reshape(-1, dim)
+        want = np.zeros((len(query), dim), dtype=dtype)
+        hit = np.flatnonzero(~want_miss)
+        want[hit] = rows[300:][[where[int(i)] for i in query[hit]]]
+        np.testing.assert_array_equal(out, want)
+        q = torch.as_tensor(query, device="cuda")
+        probe_slots = mem.index.probe(q).cpu().numpy()
+        np.testing.assert_array_equal(probe_slots >= 0, ~want_miss)
+
+
+def test_resident_rows_are_served_without_the_host(tmp_path, monkeypatch):
+    table = np.random.default_rng(12).normal(size=(4000, 16)).astype(np.float16)
+    with _store(tmp_path, table, device_rows=200, ram_rows=800) as store:
+        hot = np.arange(0, 4000, 4)[:900]             # fits the two tiers
+        for _ in range(3):
+            store.lookup(hot)
+        store.flush()                                # waits for the planner's rounds
+        assert len(store._state.resident()) >= 900
+        host_reads = []
+        monkeypatch.setattr(store, "_rows_of", lambda uniq: host_reads.append(uniq))
+        ids = torch.as_tensor(np.random.default_rng(13).choice(hot, (64, 64)), device="cuda")
+        outs = [store.lookup(ids) for _ in range(5)]
+        assert host_reads == []
+        for out in outs:
+            np.testing.assert_array_equal(out.cpu().numpy(), table[ids.cpu().numpy()])
+        s = store.stats()
+        assert s["device"]["hits"] > 0 and s["ram"]["hits"] > 0
+
+
+def test_cuda_ids_stay_on_the_gpu_and_bad_ones_raise(tmp_path):
+    table = np.random.default_rng(15).normal(size=(1000, 4)).astype(np.float32)
+    with _store(tmp_path, table, device_rows=16, ram_rows=64) as store:
+        ids = torch.as_tensor(zipf_ids(1000, 1.0, 600, seed=3), device="cuda").view(20, 30)
+        np.testing.assert_array_equal(store.lookup(ids).cpu().numpy(), table[ids.cpu().numpy()])
+        before = store.stats()["lookups"]
+        for bad in (1000, -1):
+            wrong = ids.clone()
+            wrong[3, 7] = bad
+            with pytest.raises(ts.IdOutOfRangeError, match="position 97"):
+                store.lookup(wrong)
+        assert store.stats()["lookups"] == before
+        with pytest.raises(ts.IdTypeError):
+            store.lookup(ids.float())

@@ -1,19 +1,19 @@
-"""The MemoryTier contract (tierstore.testing.tier_tests.MemoryTierTests) on each tier."""
+"""The MemoryTier contract (tierstore.testing.tier_tests) on each tier."""
 import pytest
 
-from tierstore.testing.tier_tests import MemoryTierTests
+from tierstore.testing.tier_tests import DeviceLookupTierTests, HostLookupTierTests
 from tierstore.tiers.base import MemoryTier
 from tierstore.tiers.memory import HostMemory
 
 
-class TestHostMemory(MemoryTierTests):
+class TestHostMemory(HostLookupTierTests):
     def make_tier(self, device_rows, ram_rows, dim, dtype):
         tier = HostMemory(device_rows, ram_rows, dim, dtype)
         assert isinstance(tier, MemoryTier)
         return tier
 
 
-class TestCudaMemory(MemoryTierTests):
+class TestCudaMemory(DeviceLookupTierTests):
     def make_tier(self, device_rows, ram_rows, dim, dtype):
         torch = pytest.importorskip("torch")
         if not torch.cuda.is_available():

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import StoreConfig
-from .errors import ClosedStoreError, CorruptRowError, ReadOnlyError
+from .errors import ClosedStoreError, CorruptRowError, IdOutOfRangeError, ReadOnlyError
 from .kernels.batch import dedupe, dedupe_last
 from .policy import state as S
 from .policy.partitions import PartitionedState
@@ -20,9 +20,10 @@ from .progress import progress as progress_bar
 from .table import TableFormat
 from .table_store import TableStore
 from .tier_sizes import check_fits, fitted_config
+from .tiers.base import DeviceLookupTier
 from .tiers.disk import DiskTier
 from .tiers.memory import HostMemory
-from .validation import as_id_array, as_rows, is_torch_tensor
+from .validation import as_id_array, as_id_tensor, as_rows, is_torch_tensor
 from .warmstart import admit_ready, start_warm
 from .writeback import WriteBackBuffer
 
@@ -30,6 +31,7 @@ CREATE_CHUNK = 1 << 16
 DEFER_PLAN_MIN_IDS = 8192    # smaller batches plan at once: a thread hand-off costs more
 PREFETCH_MIN_ROWS = 1 << 18
 WRITEBACK_MIN_ROWS = 1 << 12
+ACCESS_LOG_MAX_IDS = 1 << 20  # logged ids waiting for the planner; beyond, lookups go unplanned
 
 
 @dataclass
@@ -117,6 +119,16 @@ class Store(TableStore):
         self._prefetcher: ThreadPoolExecutor | None = None
         self._planner: ThreadPoolExecutor | None = None      # plans large lookups' moves
         self._planning = None                                # the future of that planning
+        # device="cuda": lookups run on the GPU and log their ids; the planner thread plans
+        # the logged batches under the lock, while lookups of resident rows go on without it
+        self._on_gpu = isinstance(self._memory, DeviceLookupTier)
+        self._log_lock = threading.Lock()
+        self._access_log = []          # lookups (Pending) not yet planned
+        self._log_ids = 0
+        self._log_dropped = 0
+        self._gpu_lookup = {"ids": 0, "through_host": 0}    # at lookup time, before any planning
+        self._log_scheduled = False
+        self._gpu_planning = None      # the future of the last planning round submitted
         self._write_gen = 0          # bumped by every update
         self._recent_writes = []     # (gen, ids) of updates while prefetches are in flight
         self._inflight = 0
@@ -148,8 +160,11 @@ class Store(TableStore):
         """Rows of ``ids`` (integers of any shape): an array of shape ``ids.shape + (dim,)``.
 
         numpy ids give a numpy array; torch ids give a torch tensor (on the
-        store's device when it is CUDA).
+        store's device when it is CUDA). On a CUDA store every lookup gives a CUDA
+        tensor, ready on the caller's current stream.
         """
+        if self._on_gpu:
+            return self._memory.deliver(self._lookup_on_gpu(self._gpu_ids(ids)))
         with self._exclusive():
             self._check_open()
             ready = self._lookup(as_id_array(ids, self.num_rows), is_torch_tensor(ids),
@@ -167,6 +182,17 @@ class Store(TableStore):
         ``handle.stale`` turns true once an update writes one of its rows: the
         result then holds rows older than the store's.
         """
+        if self._on_gpu:   # no lock: a lookup of resident rows never waits for the planner
+            self._check_open()
+            gpu_ids = self._gpu_ids(ids)
+            gen = self._write_gen
+            pending = self._memory.issue(gpu_ids)     # on the GPU now; the worker takes the misses
+            handle = LookupHandle(self._memory.deliver)
+            handle.attach(self._worker().submit(self._finish_ahead_on_gpu, handle, pending, gpu_ids,
+                                                gen))
+            self._ahead.add(handle)
+            self._prefetch_stats["lookups_ahead"] += 1
+            return handle
         with self._exclusive():
             self._check_open()
             id_array = as_id_array(ids, self.num_rows)
@@ -182,6 +208,110 @@ class Store(TableStore):
             self._check_open()
             handle.disk_rows_before = self._disk_rows_read
             self._lookup(id_array, as_torch, handle)
+
+    # -- the GPU lookup path (device="cuda") -----------------------------------------------
+    def _gpu_ids(self, ids):
+        """Checked ids: a CUDA tensor stays on the GPU (its range is checked with the misses,
+        which an id outside the table always is); others become numpy."""
+        if is_torch_tensor(ids) and ids.is_cuda:
+            return self._memory.caller_ids(as_id_tensor(ids, self._memory.device_name))
+        return as_id_array(ids, self.num_rows)
+
+    def _finish_ahead_on_gpu(self, handle, pending, ids, gen):
+        self._check_open()
+        handle.disk_rows_before = self._disk_rows_read
+        handle.uniq = np.unique(ids) if isinstance(ids, np.ndarray) else None
+        handle.publish(self._finish_on_gpu(pending, ids, gen),
+                       self._disk_rows_read - handle.disk_rows_before)
+
+    def _lookup_on_gpu(self, ids, locked=False):
+        """The rows of ``ids`` from the GPU (resident rows without the host), misses read by
+        the host; ready for ``memory.deliver``. The ids go to the planner's access log."""
+        self._check_open()
+        gen = self._write_gen
+        return self._finish_on_gpu(self._memory.issue(ids), ids, gen, locked)
+
+    def _finish_on_gpu(self, pending, ids, gen, locked=False):
+        """A lookup issued when updates were at ``gen``: its misses read and filled."""
+        positions, missed = self._memory.misses(pending)
+        if len(missed):
+            bad = np.flatnonzero((missed < 0) | (missed >= self.num_rows))
+            if len(bad):
+                k = int(np.argmin(positions[bad]))
+                raise IdOutOfRangeError(f"row id {int(missed[bad[k]])} at position "
+                                        f"{int(positions[bad[k]])} is outside [0, {self.num_rows})")
+            with self._lock:
+                self._check_open()
+                if self._write_gen != gen and not locked:
+                    # an update ran since the lookup began: its hits are older than its misses
+                    # would be; again, with updates held off
+                    return self._lookup_on_gpu(ids, locked=True)
+                uniq, inverse, counts = dedupe(missed)
+                rows = self._rows_of(uniq)
+            self._memory.fill(pending, positions, rows[inverse])
+            self._log_access(pending, len(missed), uniq, counts)
+        else:
+            self._log_access(pending, 0, missed, missed)
+        return self._memory.ready(pending)
+
+    def _rows_of(self, uniq):
+        """The current rows of ``uniq`` on the host (under the lock): memory, staging, disk.
+        Rows read from outside memory stay staged for the planner's admissions."""
+        _, slots = self._state.probe(uniq)
+        rows = np.empty((len(uniq), self.dim), dtype=self.dtype)
+        resident = np.flatnonzero(slots >= 0)
+        if len(resident):
+            rows[resident] = self._memory.read(slots[resident])
+        missing = np.flatnonzero(slots < 0)
+        if len(missing):
+            self._read_missing(uniq, rows, missing)
+            self._staging.add(uniq[missing], rows[missing])
+        return rows
+
+    def _log_access(self, pending, missed, missed_ids, missed_counts):
+        """Log a lookup for the planner: its sample of ids and, when sampled, every id it missed
+        too (the host read those anyway, and the policy should see each one to admit it)."""
+        with self._log_lock:
+            n = int(np.prod(pending.shape))
+            self._gpu_lookup["ids"] += n
+            self._gpu_lookup["through_host"] += missed
+            if pending.log_weight == 1:      # every id is in the sample already
+                missed_ids, missed_counts = missed_ids[:0], missed_counts[:0]
+            logged = n // pending.log_weight + len(missed_ids)
+            if self._log_ids and self._log_ids + logged > ACCESS_LOG_MAX_IDS:
+                self._log_dropped += n           # the planner is behind: lose this batch's counts
+                return
+            self._access_log.append((pending, missed_ids, missed_counts))
+            self._log_ids += logged
+            if not self._log_scheduled:
+                self._log_scheduled = True
+                if self._planner is None:
+                    self._planner = ThreadPoolExecutor(1, thread_name_prefix="tierstore-planner")
+                self._gpu_planning = self._planner.submit(self._plan_logged)
+
+    def _plan_logged(self):
+        """The planner thread's round: the lookups logged since the last round, as one batch."""
+        with self._lock:
+            with self._log_lock:
+                batch, self._access_log = self._access_log, []
+                self._log_ids = 0
+                self._log_scheduled = False
+            if self._closed or not batch:
+                return
+            ids, weights = [], []
+            for pending, missed_ids, missed_counts in batch:
+                sample = pending.log_ids()
+                # a sampled id counts for the lookups it stands for; a missed id for itself
+                ids += [sample, missed_ids]
+                weights += [np.full(len(sample), pending.log_weight), missed_counts]
+            ids, weights = np.concatenate(ids), np.concatenate(weights)
+            uniq, inverse, _ = dedupe(ids)
+            counts = np.bincount(inverse, weights, minlength=len(uniq)).astype(np.int64)
+            entries, start = self._state.probe(uniq)
+            rows = np.empty((len(uniq), self.dim), dtype=self.dtype)
+            self._read_missing(uniq, rows, np.flatnonzero(start < 0))
+            self._plan_and_move(uniq, counts, entries, start, rows)
+            self._memory.commit()
 
     def _lookup(self, id_array, as_torch, handle=None, defer_plan=False):
         """The rows of ``id_array``, ready for ``memory.deliver``; then the policy moves rows.
@@ -219,7 +349,10 @@ class Store(TableStore):
 
     @contextmanager
     def _exclusive(self):
-        """The store's lock, once the planning of an earlier lookup (if deferred) is done."""
+        """The store's lock, once the planning of earlier lookups (if deferred) is done."""
+        gpu_planning = self._gpu_planning
+        if gpu_planning is not None:      # it takes the lock itself: wait outside it
+            gpu_planning.result()
         with self._lock:
             planning, self._planning = self._planning, None
             if planning is not None:
@@ -244,14 +377,17 @@ class Store(TableStore):
         entries, start = self._state.probe(uniq)
         rows = np.empty((len(uniq), self.dim), dtype=self.dtype)
         self._memory.gather(start, rows)
-        missing = np.flatnonzero(start < 0)
+        self._read_missing(uniq, rows, np.flatnonzero(start < 0))
+        return entries, start, rows
+
+    def _read_missing(self, uniq, rows, missing):
+        """``rows[missing]``: staged rows of ``uniq[missing]``, the others from disk."""
         if len(missing) and self._staging.rows:
             staged = self._staging.take(uniq[missing], rows, missing)
             self._prefetch_stats["rows_used"] += int(staged.sum())
             missing = missing[~staged]
         if len(missing):
             self._read_disk(uniq[missing], rows, missing)
-        return entries, start, rows
 
     def _read_disk(self, ids, rows, positions):
         self._disk.read_rows(ids, rows, positions)
@@ -266,14 +402,17 @@ class Store(TableStore):
         if len(dirty):
             self._write_back(ev_id[dirty], self._memory.read(ev_slot[dirty]))
         admitted = np.flatnonzero(fresh)
-        self._memory.fill_rows(rows, np.concatenate([admitted, sw_u[:n_sw]]))
+        self._memory.fill_rows(rows, np.concatenate([admitted, sw_u[:n_sw]]), start)
         if len(admitted):
             self._memory.write(aslot[admitted], rows[admitted])
+        # the index of resident rows follows the moves (the GPU's; the host tiers keep none)
+        self._memory.retarget(ev_id, ev_slot, uniq[admitted], aslot[admitted])
         if n_sw:
             has_y = sw_has_y[:n_sw]
             demoted = self._memory.read(sw_to[:n_sw][has_y])
             self._memory.write(sw_from[:n_sw][has_y], demoted)
             self._memory.write(sw_to[:n_sw], rows[sw_u[:n_sw]])
+            self._memory.swap_index(uniq[sw_u[:n_sw]], sw_from[:n_sw], sw_to[:n_sw], has_y)
 
     def _write_back(self, ids, rows):
         """Evicted dirty rows join the write-back buffer, which goes to disk in one
@@ -383,6 +522,7 @@ class Store(TableStore):
             self._note_write(uniq)
             self._writeback.drop(uniq[~resident])
             self._memory.write(slots[resident], values[resident])
+            self._memory.commit()
             self._state.mark_dirty(uniq[resident])
             for handle in list(self._ahead):
                 handle.note_update(uniq)
@@ -452,6 +592,8 @@ class Store(TableStore):
     def _forget_cached_rows(self):
         self._state = self._state.forgotten()
         self._staging.clear()
+        self._memory.clear()
+        self._memory.commit()
 
     # -- inspecting ------------------------------------------------------------------------
     def resident_ids(self) -> np.ndarray:
@@ -507,6 +649,9 @@ class Store(TableStore):
             "window_rows": int(m[S.WINDOW_CAP]),
             "pending_writebacks": len(self._writeback),
             "prefetch": dict(self._prefetch_stats, staged_rows=self._staging.rows),
+            # device="cuda": ids looked up on the GPU, those it found in neither tier (which
+            # the host read), and those the planner, behind, never counted in the figures above
+            "gpu_lookup": dict(self._gpu_lookup, unplanned=self._log_dropped),
             "bookkeeping_bytes": self._state.nbytes(),
         }
 

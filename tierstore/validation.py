@@ -44,6 +44,14 @@ def as_id_array(ids, num_rows: int) -> np.ndarray:
     return out
 
 
+def as_id_tensor(ids, device):
+    """Integer ids in a CUDA tensor as int64 on ``device``, left there: their range is checked
+    on the host only where they miss the GPU's index, as an id outside the table always does."""
+    if ids.is_floating_point() or ids.is_complex() or str(ids.dtype) == "torch.bool":
+        raise IdTypeError(f"row ids must be integers, got a tensor of {ids.dtype}")
+    return ids.detach().to(device=device).long()
+
+
 def _as_array(ids) -> np.ndarray:
     """numpy's view of the ids; Python sequences keep their ints exact (no float64 detour)."""
     try:

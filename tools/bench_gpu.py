@@ -6,11 +6,11 @@
     python tools/bench_gpu.py --smoke --device cpu   # the model part's logic, on a machine without CUDA
 
 Prints one table, every figure from the same run (``--json PATH`` writes them too):
-  1. host-to-device copy of missed rows through the tier's pinned staging ring
-     (pack on the host + one non-blocking copy on a side stream) against a plain
-     pinned ``copy_(non_blocking=True)`` of the same bytes;
-  2. hot-tier gather (the tier's lookup path on device-resident rows: host ids in,
-     CUDA tensor out) against ``F.embedding`` on the same slab;
+  1. missed rows (read on the host) into a lookup's output through the tier's pinned
+     staging ring (pack, one non-blocking copy on a side stream, ``index_copy_``)
+     against a plain pinned ``copy_(non_blocking=True)`` of the same bytes;
+  2. hot-tier lookup (CUDA ids in, probe of the GPU index, gather, the miss list back
+     to the host, CUDA tensor out) against ``F.embedding`` on the same slab;
   3. end to end, an Engram-style model: ``blocks`` transformer blocks of width
      ``hidden`` (bf16, causal attention, 4x MLP), ``EngramMemory`` after block 1,
      ``batch x seq`` tokens a forward (on the GPU unless ``--host-tokens``), 16 rows a
@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -52,8 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tierstore as ts
-from tierstore.kernels.batch import dedupe
-from tierstore.tiers.cuda import CudaMemory, _take_into
+from tierstore.tiers.cuda import CudaMemory
 from tierstore.torch import EngramMemory, TieredEmbedding
 from tierstore.workloads import zipf_ids
 
@@ -77,16 +77,18 @@ def timed(fn, reps, warm=3):
 
 
 # -- 1, 2: the tier's parts ------------------------------------------------------------------
-def h2d(rows_n, dim, reps, table_rows=1 << 21):
+def h2d(rows_n, dim, reps):
+    """Missed rows (read on the host into one array) into a lookup's output: the tier's
+    ``fill`` (pack into its pinned ring, one copy, one ``index_copy_``) vs a plain copy."""
     rng = np.random.default_rng(0)
-    host_table = rng.standard_normal((table_rows, dim), dtype=np.float32).astype(np.float16)
-    pos = np.sort(rng.choice(table_rows, rows_n, replace=False))
-    up = CudaMemory(1, 0, dim, np.float16, str(DEV)).uploader
-    nbytes = rows_n * dim * 2
+    rows = rng.standard_normal((rows_n, dim), dtype=np.float32).astype(np.float16)
+    positions = rng.permutation(rows_n)
+    mem = CudaMemory(1, 0, dim, np.float16, str(DEV))
+    lookup = SimpleNamespace(out=torch.empty((rows_n, dim), dtype=torch.float16, device=DEV))
+    nbytes = rows.nbytes
 
     def ours():
-        slot, _ = up.send([(np.float16, (rows_n, dim), _take_into(host_table, pos))])
-        up.release(slot)
+        mem.fill(lookup, positions, rows)
 
     pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
     dst = torch.empty(nbytes, dtype=torch.uint8, device=DEV)
@@ -94,24 +96,34 @@ def h2d(rows_n, dim, reps, table_rows=1 << 21):
     def plain():
         dst.copy_(pinned, non_blocking=True)
 
+    ours()
+    torch.cuda.synchronize()
+    assert torch.equal(lookup.out[torch.as_tensor(positions, device=DEV)].cpu(), torch.from_numpy(rows))
     return nbytes, timed(ours, reps), timed(plain, reps)
 
 
 def hot_gather(dim, slab_rows, batch, reps):
+    """A lookup of CUDA ids whose rows are all in the device tier (probe, gather, the miss
+    list back to the host, the output handed to the caller's stream) vs ``F.embedding``."""
     mem = CudaMemory(slab_rows, 0, dim, np.float16, str(DEV))
-    with torch.cuda.stream(mem.stream):
-        mem.device.normal_()
-    ids = zipf_ids(slab_rows, 1.05, batch, seed=1)          # ids == device slots here
-    ids_gpu = torch.as_tensor(ids, device=DEV)
+    slots = np.arange(slab_rows)
+    rows = np.random.default_rng(2).standard_normal((slab_rows, dim), dtype=np.float32).astype(np.float16)
+    ids = slab_rows * 7 + slots * 3                      # ids unlike their slots
+    mem.write(slots, rows)
+    mem.retarget(ids[:0], ids[:0], ids, slots)
+    mem.commit()
+    pick = zipf_ids(slab_rows, 1.05, batch, seed=1)
+    ids_gpu = torch.as_tensor(ids[pick], device=DEV)
+    slots_gpu = torch.as_tensor(pick, device=DEV)
 
     def ours():
-        uniq, inverse, _ = dedupe(ids)
-        rows = np.empty((len(uniq), dim), dtype=np.float16)
-        mem.gather(uniq, rows)
-        return mem.deliver(mem.finish_lookup(rows, inverse, ids.shape))
+        pending = mem.issue(mem.caller_ids(ids_gpu))
+        positions, _ = mem.misses(pending)
+        assert not len(positions)
+        return mem.deliver(mem.ready(pending))
 
-    assert torch.equal(ours(), F.embedding(ids_gpu, mem.device))
-    return timed(ours, reps), timed(lambda: F.embedding(ids_gpu, mem.device), reps)
+    assert torch.equal(ours(), F.embedding(slots_gpu, mem.device))
+    return timed(ours, reps), timed(lambda: F.embedding(slots_gpu, mem.device), reps)
 
 
 # -- 3: the Engram model -------------------------------------------------------------------
@@ -381,6 +393,9 @@ def engram_models(setup, args, out):
             assert max(diffs.values()) == 0.0, "outputs differ from the all-in-HBM model's"
             results[spec] = dict(speeds, hits=hits,
                                  colossal_miss_ratio=tables["colossal"].miss_ratio())
+            if spec == args.models[0]:        # ours/off ran on cold tiers: the same stream, planned in step
+                results[spec]["sync_planner_miss_ratio"] = synchronous_miss_ratio(
+                    f"{tmp}/t", setup, hasher, tokens)
             del model, engram, tables["colossal"]
         pinned_how = tables["pinned"].how if "pinned" in tables else "not run (no CUDA)"
         store.close()
@@ -388,10 +403,32 @@ def engram_models(setup, args, out):
 
 
 def tier_hits(before, after):
+    """Shares of the timed lookups by tier as the planner counted them, and (``at_lookup``)
+    the share that the GPU found in neither tier when it looked them up."""
     look = after["lookups"] - before["lookups"]
+    gpu_ids = after["gpu_lookup"]["ids"] - before["gpu_lookup"]["ids"]
+    through_host = after["gpu_lookup"]["through_host"] - before["gpu_lookup"]["through_host"]
     return {"device": (after["device"]["hits"] - before["device"]["hits"]) / look,
             "ram": (after["ram"]["hits"] - before["ram"]["hits"]) / look,
-            "disk": (after["misses"] - before["misses"]) / look}
+            "disk": (after["misses"] - before["misses"]) / look,
+            "at_lookup": through_host / gpu_ids if gpu_ids else None,
+            "unplanned": after["gpu_lookup"]["unplanned"] - before["gpu_lookup"]["unplanned"]}
+
+
+def synchronous_miss_ratio(path, setup, hasher, tokens):
+    """The same stream as ours/off's (cold tiers, ``warm + timed`` forwards) through a host
+    store whose planner runs before each next lookup: the share of timed ids it read from
+    disk, against which ours/off's share missed at lookup time shows what planning off the
+    lookup's path costs."""
+    config = ts.StoreConfig(device_rows=setup.device_rows, ram_rows=setup.ram_rows,
+                            partitions=setup.partitions)
+    with ts.open(path, config, readonly=True) as store:
+        for i in range(setup.warm + setup.timed):
+            if i == setup.warm:
+                before = store.stats()
+            store.lookup(hasher(tokens[i % len(tokens)].cpu()).numpy())
+        after = store.stats()
+    return (after["misses"] - before["misses"]) / (after["lookups"] - before["lookups"])
 
 
 def model_lines(setup, spec, result, pinned_how):
@@ -406,9 +443,15 @@ def model_lines(setup, spec, result, pinned_how):
                   f"{result['colossal']:,.0f}", f"{base:,.0f}", f"{result['colossal'] / base:.3f}"))
     for name in ("off", "entry", "ahead"):
         h = result["hits"][name]
+        at_lookup = "" if h["at_lookup"] is None else f", missed at lookup {h['at_lookup']:.4f}"
         lines.append((f"{label}, ours/{name} (hits: device {h['device']:.3f} RAM {h['ram']:.3f} "
-                      f"disk {h['disk']:.3f}) vs HBM",
+                      f"disk {h['disk']:.3f}{at_lookup}) vs HBM",
                       f"{result[name]:,.0f}", f"{base:,.0f}", f"{result[name] / base:.3f}"))
+    if "sync_planner_miss_ratio" in result and result["hits"]["off"]["at_lookup"] is not None:
+        lines.append((f"3. {setup.name}: ids missed at lookup, ours/off (planner on its own thread) vs a "
+                      "planner in step (host store, same stream)",
+                      f"{result['hits']['off']['at_lookup']:.4f}", f"{result['sync_planner_miss_ratio']:.4f}",
+                      f"{result['hits']['off']['at_lookup'] - result['sync_planner_miss_ratio']:+.4f}"))
     return lines
 
 
@@ -469,15 +512,16 @@ def tier_parts(smoke, out):
     reps = 5 if smoke else None
     for n in ((4096,) if smoke else (16384, 262144)):
         nbytes, t_ours, t_plain = h2d(n, ROW_DIM, reps=reps or 50)
-        parts["h2d"].append({"rows": n, "bytes": nbytes, "staged_GBps": nbytes / t_ours / 1e9,
+        parts["h2d"].append({"rows": n, "bytes": nbytes, "fill_GBps": nbytes / t_ours / 1e9,
                              "plain_pinned_GBps": nbytes / t_plain / 1e9})
-        lines.append((f"1. H2D of {n} missed rows ({nbytes / 2**20:.1f} MiB), GB/s: staged vs plain pinned copy",
+        lines.append((f"1. {n} missed rows ({nbytes / 2**20:.1f} MiB) into a lookup's output, GB/s: "
+                      "tier's fill vs plain pinned copy",
                       f"{nbytes / t_ours / 1e9:.2f}", f"{nbytes / t_plain / 1e9:.2f}", f"{t_plain / t_ours:.2f}"))
     for n in ((4096,) if smoke else (16384, 131072)):
         t_ours, t_emb = hot_gather(ROW_DIM, 1 << (16 if smoke else 20), n, reps=reps or 100)
         parts["hot_gather"].append({"ids": n, "tier_us": t_ours * 1e6, "embedding_us": t_emb * 1e6})
         lines.append((f"2. hot gather of {n} ids from a {'64k' if smoke else '1M'}-row slab, us: tier path "
-                      "(host ids) vs F.embedding",
+                      "(CUDA ids, GPU index) vs F.embedding",
                       f"{t_ours * 1e6:.0f}", f"{t_emb * 1e6:.0f}", f"{t_emb / t_ours:.3f}"))
     return lines, parts
 

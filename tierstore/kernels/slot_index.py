@@ -74,7 +74,7 @@ def _delete(keys, vals, log, meta, key):
     _log(log, meta, i)
 
 
-@njit(cache=True, _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def index_apply(keys, vals, log, meta, removed, put_ids, put_slots):
     """Remove ``removed`` (absent ones are skipped), then set ``put_ids[k] -> put_slots[k]``
     (inserted, or moved when present), logging every bucket written."""
@@ -84,7 +84,7 @@ def index_apply(keys, vals, log, meta, removed, put_ids, put_slots):
         _put(keys, vals, log, meta, put_ids[k], put_slots[k])
 
 
-@njit(cache=True, _nrt=False)
+@njit(nogil=True, cache=True, _nrt=False)
 def index_get(keys, vals, ids, out):
     """``out[k]`` = the slot of ``ids[k]``, or -1 (the host's probe of the same table)."""
     mask = len(keys) - 1

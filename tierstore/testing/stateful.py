@@ -11,7 +11,8 @@ be the rows as they were when it started), prefetch them, update them
 check; with tiers of a few rows, rows move between device, RAM and disk at
 almost every step. After every step the bookkeeping invariants must hold: no
 tier above its capacity, each resident id in exactly one slot, and on CUDA
-the device slab equal to its host shadow.
+the device slab equal to its host shadow and the GPU's index (and its host
+mirror) equal to the policy's map of resident rows.
 """
 from __future__ import annotations
 
@@ -149,6 +150,10 @@ class StoreMachine(RuleBasedStateMachine):
         shadow = getattr(self.store._memory, "shadow", None)
         if shadow is not None:
             np.testing.assert_array_equal(self.store._memory.device_snapshot(), shadow)
+        index = getattr(self.store._memory, "index", None)
+        if index is not None:    # the GPU's index of the memory tiers, its host mirror, the policy's
+            assert index.contents() == resident
+            assert self.store._memory.index_snapshot() == resident
 
     def teardown(self):
         if self.store is not None:

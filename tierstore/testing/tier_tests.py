@@ -1,10 +1,11 @@
-"""Shared test suites for the two contracts: ``MemoryTierTests`` for a memory tier
-(:class:`tierstore.tiers.base.MemoryTier`) and ``TableStoreTests`` for a table store
-(:class:`tierstore.table_store.TableStore`). Subclass one in a pytest module, named
+"""Shared test suites for the two contracts: for a memory tier
+(:class:`tierstore.tiers.base.MemoryTier`) ``HostLookupTierTests`` or ``DeviceLookupTierTests``
+(each with ``MemoryTierTests``, what every tier does), and ``TableStoreTests`` for a table
+store (:class:`tierstore.table_store.TableStore`). Subclass one in a pytest module, named
 ``Test...``, and give it the factory it asks for; every test then runs against that
 implementation::
 
-    class TestHostMemory(MemoryTierTests):
+    class TestHostMemory(HostLookupTierTests):
         def make_tier(self, device_rows, ram_rows, dim, dtype):
             return HostMemory(device_rows, ram_rows, dim, dtype)
 """
@@ -27,7 +28,7 @@ def _pattern(n: int, dim: int, dtype, base: int = 0) -> np.ndarray:
 
 
 class MemoryTierTests:
-    """The MemoryTier contract, run against ``make_tier``."""
+    """What every memory tier does (slabs by slot), run against ``make_tier``."""
 
     device_rows = 3
     ram_rows = 5
@@ -43,17 +44,8 @@ class MemoryTierTests:
         tier = self.make_tier(d, r, self.dim, dtype)
         rows = _pattern(d + r, self.dim, dtype, base=1)
         tier.write(np.arange(d + r, dtype=np.int64), rows)
-        tier.end_lookup()     # outside a lookup: a no-op for every tier
+        tier.commit()
         return tier, rows
-
-    def _lookup(self, tier, slots, inverse, shape, as_torch=False):
-        """Steps 1, 2 and 4 of a lookup (no moves): the delivered output, on the host."""
-        slots = np.asarray(slots, dtype=np.int64)
-        rows = np.full((len(slots), self.dim), -7, dtype=tier.dtype)
-        tier.gather(slots, rows)
-        ready = tier.finish_lookup(rows, np.asarray(inverse, dtype=np.int64), shape, as_torch)
-        tier.end_lookup()
-        return rows, _host(tier.deliver(ready))
 
     @pytest.mark.parametrize("dtype", dtypes)
     def test_attributes(self, dtype):
@@ -76,8 +68,22 @@ class MemoryTierTests:
         tier, rows = self._filled("float32")
         new = _pattern(2, self.dim, "float32", base=1000)
         tier.write(np.array([1, 4], dtype=np.int64), new)
+        tier.commit()
         rows[[1, 4]] = new
         np.testing.assert_array_equal(tier.read(np.arange(8, dtype=np.int64)), rows)
+
+
+class HostLookupTierTests(MemoryTierTests):
+    """The lookup steps of a :class:`~tierstore.tiers.base.HostLookupTier`."""
+
+    def _lookup(self, tier, slots, inverse, shape, as_torch=False):
+        """Steps 1, 2 and 4 of a lookup (no moves): the delivered output, on the host."""
+        slots = np.asarray(slots, dtype=np.int64)
+        rows = np.full((len(slots), self.dim), -7, dtype=tier.dtype)
+        tier.gather(slots, rows)
+        ready = tier.finish_lookup(rows, np.asarray(inverse, dtype=np.int64), shape, as_torch)
+        tier.end_lookup()
+        return rows, _host(tier.deliver(ready))
 
     @pytest.mark.parametrize("as_torch", [False, True])
     def test_lookup_expands_unique_rows(self, as_torch):
@@ -104,7 +110,7 @@ class MemoryTierTests:
         host = np.full((4, self.dim), -7, dtype=np.float32)
         tier.gather(slots, host)
         np.testing.assert_array_equal(host[0], rows[5])
-        tier.fill_rows(host, np.array([1, 3], dtype=np.int64))
+        tier.fill_rows(host, np.array([1, 3], dtype=np.int64), slots)
         np.testing.assert_array_equal(host[[1, 3]], rows[[1, 2]])
         assert (host[2] == -7).all()
         tier.finish_lookup(host, np.arange(4, dtype=np.int64), (4,), False)
@@ -117,7 +123,7 @@ class MemoryTierTests:
         slots = np.array([0, 6], dtype=np.int64)
         host = np.full((2, self.dim), -7, dtype=np.float32)
         tier.gather(slots, host)
-        tier.fill_rows(host, np.array([0, 1], dtype=np.int64))
+        tier.fill_rows(host, np.array([0, 1], dtype=np.int64), slots)
         ready = tier.finish_lookup(host, np.array([0, 1], dtype=np.int64), (2,), False)
         # the planned moves: slot 0 (device) and slot 6 (RAM) take other rows
         demoted = tier.read(np.array([0], dtype=np.int64))
@@ -138,6 +144,75 @@ class MemoryTierTests:
         tier, _ = self._filled("float32")
         _, out = self._lookup(tier, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), (0,))
         assert out.shape == (0, self.dim)
+
+
+class DeviceLookupTierTests(MemoryTierTests):
+    """The lookups of a :class:`~tierstore.tiers.base.DeviceLookupTier`: it finds rows by id
+    in its own index, which follows ``retarget`` and ``swap_index`` from ``commit`` on."""
+
+    def _indexed(self, dtype="float32", device_rows=None, ram_rows=None):
+        """A filled tier whose slot ``k`` holds the row of id ``100 + 3 * k``."""
+        tier, rows = self._filled(dtype, device_rows, ram_rows)
+        slots = np.arange(len(rows), dtype=np.int64)
+        tier.retarget(slots[:0], slots[:0], 100 + 3 * slots, slots)
+        tier.commit()
+        return tier, rows
+
+    def _lookup(self, tier, ids, fill_with=None):
+        """A whole lookup of numpy ``ids``: (its misses' positions and ids, the output on the
+        host), the misses filled with ``fill_with`` (one row per miss)."""
+        pending = tier.issue(np.asarray(ids, dtype=np.int64))
+        positions, missed = tier.misses(pending)
+        if len(positions):
+            tier.fill(pending, positions, fill_with[:len(positions)])
+        return positions, missed, _host(tier.deliver(tier.ready(pending)))
+
+    def test_lookup_finds_resident_rows_and_lists_the_others(self):
+        tier, rows = self._indexed()
+        ids = np.array([[112, 5, 100], [121, 112, 7]])             # slots 4, -, 0, 7, 4, -
+        fill = _pattern(2, self.dim, "float32", base=900)
+        positions, missed, out = self._lookup(tier, ids, fill)
+        assert sorted(positions.tolist()) == [1, 5]
+        np.testing.assert_array_equal(missed, ids.reshape(-1)[positions])
+        want = np.stack([rows[4], rows[4], rows[0], rows[7], rows[4], rows[4]])
+        want[positions] = fill[:len(positions)]
+        np.testing.assert_array_equal(out.reshape(6, self.dim), want)
+        assert out.shape == (2, 3, self.dim)
+
+    def test_moves_reach_lookups_issued_after_their_commit_only(self):
+        tier, rows = self._indexed()
+        before = tier.issue(np.array([100, 115, 121], dtype=np.int64))     # slots 0, 5, 7
+        # a round of moves: 100 leaves, 115 is promoted into device slot 1 (whose row moves
+        # to slot 5), and a new id 500 takes slot 0
+        new = _pattern(1, self.dim, "float32", base=500)
+        tier.write(np.array([5, 1, 0], dtype=np.int64), np.stack([rows[1], rows[5], new[0]]))
+        tier.retarget(np.array([100]), np.array([0]), np.array([500]), np.array([0]))
+        tier.swap_index(np.array([115]), np.array([5]), np.array([1]), np.array([True]))
+        tier.commit()
+        assert not len(tier.misses(before)[0])
+        np.testing.assert_array_equal(_host(tier.deliver(tier.ready(before))), rows[[0, 5, 7]])
+        positions, missed, out = self._lookup(tier, [100, 115, 103, 500, 121],
+                                              _pattern(1, self.dim, "float32", base=800))
+        assert positions.tolist() == [0] and missed.tolist() == [100]
+        np.testing.assert_array_equal(out[1:], np.stack([rows[5], rows[1], new[0], rows[7]]))
+        np.testing.assert_array_equal(tier.read(np.array([0, 1, 5])), np.stack([new[0], rows[5], rows[1]]))
+
+    def test_clear_empties_the_index(self):
+        tier, rows = self._indexed()
+        tier.clear()
+        tier.commit()
+        positions, _, _ = self._lookup(tier, [100, 103], np.zeros((2, self.dim), dtype=np.float32))
+        assert sorted(positions.tolist()) == [0, 1]
+
+    def test_a_tier_without_device_rows(self):
+        tier, rows = self._indexed(device_rows=0, ram_rows=4)
+        _, _, out = self._lookup(tier, [109, 100])
+        np.testing.assert_array_equal(out, rows[[3, 0]])
+
+    def test_an_empty_lookup(self):
+        tier, _ = self._indexed()
+        positions, _, out = self._lookup(tier, np.empty((0, 2), dtype=np.int64))
+        assert not len(positions) and out.shape == (0, 2, self.dim)
 
 
 class TableStoreTests:
@@ -243,3 +318,13 @@ class TableStoreTests:
         store.close()
         with pytest.raises(ClosedStoreError):
             store.lookup(np.array([0]))
+
+    def test_fill_rows_gives_the_rows_of_resident_slots(self):
+        """The planner's rows of ids about to move, which the lookup served on the device."""
+        tier, rows = self._filled("float32")
+        host = np.full((4, self.dim), -7, dtype=np.float32)
+        start = np.array([5, 1, -1, 2], dtype=np.int64)
+        host[0] = rows[5]
+        tier.fill_rows(host, np.array([1, 2, 3], dtype=np.int64), start)
+        np.testing.assert_array_equal(host[[0, 1, 3]], rows[[5, 1, 2]])
+        assert (host[2] == -7).all()

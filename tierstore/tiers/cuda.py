@@ -1,43 +1,45 @@
-"""The device tier on a CUDA GPU: hot slab in HBM, warm slab in pinned host memory.
+"""The memory tiers on a CUDA GPU: hot slab in HBM, warm slab in pinned host memory, and an
+index of both on the GPU, so that a lookup of resident rows does no host work per id.
 
-Same interface as :class:`~tierstore.tiers.memory.HostMemory`. The GPU is
-never read back: a host *shadow* of the device slab holds what every device
-slot holds, so demotions, write-backs and flushes read the shadow, and
-nothing is copied from the device to the host. One lookup costs the GPU two
-host-to-device copies and three kernels, all on the tier's own stream:
+A lookup (:meth:`CudaMemory.issue`, on the tier's stream) is one Triton kernel
+(:mod:`.triton_lookup`): probe the GPU index (:mod:`.gpu_index`), copy each row
+from the HBM slab or, over PCIe, straight from the pinned RAM slab, and list
+the ids found in neither. The host reads back only that list (a count and the
+first ``MISS_PAIRS`` pairs, in one small copy); the store reads the missed rows
+(staging, write-back buffer, disk) and :meth:`CudaMemory.fill` uploads them into
+the output. The output reaches the caller's stream through a CUDA event
+(:meth:`CudaMemory.deliver`); nothing waits for the device as a whole.
 
-* ``gather`` (the lookup's gather) copies the rows of RAM slots into the
-  host batch and notes which of the batch's ids sit in device slots;
-* the store fills the misses (prefetch staging, disk) on the host;
-* ``finish_lookup`` packs, in one reusable pinned staging buffer, the
-  output's index (a device slot, or a row of the batch's host rows) and the
-  host rows; one non-blocking copy on a side stream carries it; on the
-  tier's stream the host rows go to a scratch tail of the slab and one
-  ``F.embedding`` gathers the output: device rows as the batch found them;
-* the store plans the batch's moves; writes to device slots update the
-  shadow and are noted, and ``end_lookup`` sends them in one more copy and
-  one ``index_copy_``, after the gather on the same stream.
-
-The output is handed to the caller's stream through a CUDA event
-(:meth:`CudaMemory.deliver`), so a lookup may be computed on a worker thread
-while the model runs, and nothing on the path waits for the device: the host
-waits only for a staging buffer's previous copy before refilling it (a ring
-of buffers).
+Residency changes come from the store's planner in rounds: :meth:`write`
+(rows into slots) and :meth:`retarget` (ids moved, admitted, evicted) are
+buffered, and :meth:`commit` issues them together under the launch lock: one
+upload, one kernel writing rows into either slab (the GPU writes the pinned RAM
+slab too, so every slab change is ordered on the tier's stream with the lookups
+that read it: a lookup issued before a commit sees the old rows and index, one
+issued after sees the new), and the index's changed buckets. The GPU is never
+read back for rows: a host *shadow* of the device slab serves demotions,
+write-backs and flushes, and the host reads the RAM slab only once the last
+commit's writes are done (an event).
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..kernels.batch import gather_tiered
+from ..kernels.batch import dedupe_last, gather_tiered
 from ._torch import torch_module
-from .base import MemoryTier
+from .base import DeviceLookupTier
+from .gpu_index import GpuIndex
 from .memory import words
+from .triton_lookup import HostPointer, write_rows
+from .triton_lookup import lookup as triton_lookup
 
 ALIGN = 256          # bytes: each packed array starts at a multiple (any dtype's view is legal)
 STAGING_SLOTS = 4    # pinned staging buffers in the ring
-MIN_SCRATCH_ROWS = 1024
-
+MISS_PAIRS = 4096    # (position, id) pairs of a lookup's miss list in its first copy back
+LOG_SAMPLE_IDS = 16384   # ids of a lookup, at most about, that go to the planner's access log
 
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
@@ -121,13 +123,6 @@ def _torch_dtype(torch, dtype):
     return getattr(torch, np.dtype(dtype).name)
 
 
-def _take_into(src, index):
-    """A ``fill`` that writes ``src[index]`` (along axis 0) into the view."""
-    def fill(view):
-        np.take(src, index, axis=0, out=view, mode="clip")   # 'raise' would buffer a copy
-    return fill
-
-
 def _copy_into(src):
     """A ``fill`` that writes ``src`` into the view."""
     def fill(view):
@@ -144,8 +139,38 @@ class Ready:
         self.event = event
 
 
-class CudaMemory(MemoryTier):
-    """Device slab in GPU memory (with a host shadow), RAM slab in pinned host memory."""
+class CallerIds:
+    """CUDA ids and the event that marks them ready on the stream that made them: a lookup
+    issued later, from any thread, waits for that point only."""
+    __slots__ = ("ids", "event")
+
+    def __init__(self, ids, event):
+        self.ids, self.event = ids, event
+
+
+class Pending:
+    """A lookup issued on the GPU: its output (misses not yet filled), its miss list on the way
+    back to the host, and its ids for the planner's access log."""
+    __slots__ = ("out", "shape", "misses", "misses_host", "copied", "log", "log_weight")
+
+    def __init__(self, out, shape, misses, misses_host, copied, log, log_weight):
+        self.out, self.shape = out, shape
+        self.misses, self.misses_host, self.copied = misses, misses_host, copied
+        self.log = log            # the logged ids on the host: numpy, or (pinned tensor, event)
+        self.log_weight = log_weight    # lookups each logged id stands for
+
+    def log_ids(self) -> np.ndarray:
+        """The lookup's logged ids on the host (waits for their copy back from the GPU)."""
+        if isinstance(self.log, np.ndarray):
+            return self.log
+        host, event = self.log
+        event.synchronize()
+        return host.numpy()
+
+
+class CudaMemory(DeviceLookupTier):
+    """Device slab in GPU memory (with a host shadow), RAM slab in pinned host memory, and the
+    GPU index of both."""
 
     def __init__(self, device_rows: int, ram_rows: int, dim: int, dtype, device: str):
         torch = torch_module()
@@ -156,19 +181,28 @@ class CudaMemory(MemoryTier):
         if self.device_name.index is None:
             self.device_name = torch.device("cuda", torch.cuda.current_device())
         self.device_rows = device_rows
+        self.ram_rows = ram_rows
         self.dim = dim
         self.dtype = np.dtype(dtype)
         self._tdtype = _torch_dtype(torch, self.dtype)
         self.stream = torch.cuda.Stream(device=self.device_name)
         with torch.cuda.stream(self.stream), torch.inference_mode(False):   # all slab work: here
-            self.slab = torch.zeros((device_rows + MIN_SCRATCH_ROWS, dim), dtype=self._tdtype,
+            # one row at least: Triton needs a valid pointer even where a tier holds no rows
+            self.slab = torch.zeros((max(device_rows, 1), dim), dtype=self._tdtype,
                                     device=self.device_name)
+            self.index = GpuIndex(device_rows + ram_rows, self.device_name, torch)
         self.shadow = np.zeros((device_rows, dim), dtype=self.dtype)
         with torch.inference_mode(False):
-            self.ram_tensor = torch.zeros((ram_rows, dim), dtype=self._tdtype, pin_memory=ram_rows > 0)
-        self.ram = self.ram_tensor.numpy()
+            self.ram_tensor = torch.zeros((max(ram_rows, 1), dim), dtype=self._tdtype, pin_memory=True)
+        self.ram = self.ram_tensor.numpy()[:ram_rows]
+        self._ram_pointer = HostPointer(self.ram_tensor)
+        self.owner = np.full(device_rows + ram_rows, -1, dtype=np.int64)   # slot -> id (host only)
         self.uploader = Uploader(torch, self.device_name)
-        self._batch = None        # (slots, device slots written) from gather to end_lookup
+        self.launch = threading.Lock()   # a lookup's kernels and a commit's never interleave
+        self._writes = []                # (slots, rows) buffered until commit
+        self._index_dirty = False
+        self._committed = None           # event: the last commit's writes are done
+        self._log_turn = 0
 
     @property
     def device(self):
@@ -180,115 +214,193 @@ class CudaMemory(MemoryTier):
         self.stream.synchronize()
         return self.device.cpu().numpy()
 
+    def index_snapshot(self) -> dict[int, int]:
+        """id -> slot as the GPU's index holds it once the work issued is done (for checks)."""
+        self.stream.synchronize()
+        keys, vals = self.index.dev_keys.cpu().numpy(), self.index.dev_vals.cpu().numpy()
+        used = keys != -1
+        return dict(zip(keys[used].tolist(), vals[used].tolist()))
+
     # -- the lookup path ---------------------------------------------------------------------
-    def gather(self, slots: np.ndarray, out: np.ndarray):
-        """The lookup's gather: rows of RAM slots into ``out``; rows of device slots are left
-        alone (the GPU gathers them in :meth:`finish_lookup`), as are those of slot -1."""
-        slots = np.asarray(slots, dtype=np.int64)
-        host_slots = np.where(slots < self.device_rows, -1, slots)
-        gather_tiered(words(self.shadow), words(self.ram), self.device_rows, host_slots, words(out))
-        self._batch = (slots, [])
+    def caller_ids(self, ids) -> CallerIds:
+        """int64 CUDA ids on this device, marked ready at this point of the current stream."""
+        event = self._torch.cuda.Event()
+        event.record(self._torch.cuda.current_stream(self.device_name))
+        return CallerIds(ids, event)
 
-    def fill_rows(self, rows: np.ndarray, positions: np.ndarray):
-        """Fill ``rows[positions]`` that :meth:`gather` left alone (device slots), from the shadow,
-        before the store moves them."""
-        slots, _ = self._batch
-        positions = np.asarray(positions, dtype=np.int64)
-        need = positions[(slots[positions] >= 0) & (slots[positions] < self.device_rows)]
-        if len(need):
-            rows[need] = self.shadow[slots[need]]
-
-    def finish_lookup(self, rows: np.ndarray, inverse: np.ndarray, shape: tuple,
-                      as_torch: bool = True) -> Ready:
-        """The output of ``lookup``, of shape ``shape + (dim,)``, issued on the tier's stream.
-        ``rows`` are the unique ids' rows as the store filled them on the host (misses and RAM
-        hits); ``inverse`` maps each id to its unique row. Pass the result to :meth:`deliver`."""
+    def issue(self, ids) -> Pending:
+        """Start the lookup of ``ids`` (an int64 numpy array, or :class:`CallerIds`) on the
+        tier's stream: resident rows gathered, misses listed."""
         torch = self._torch
-        slots, _ = self._batch
-        on_device = (slots >= 0) & (slots < self.device_rows)
-        host_pos = np.flatnonzero(~on_device)
-        self._reserve_scratch(len(host_pos))
-        where = slots.astype(np.int32)       # unique row -> its row in the slab
-        where[host_pos] = self.device_rows + np.arange(len(host_pos), dtype=np.int32)
-        inverse = np.asarray(inverse, dtype=np.int64).reshape(-1)
-        with torch.cuda.stream(self.stream):
-            slot, (index, host_rows) = self.uploader.send([
-                (np.int32, (len(inverse),), _take_into(where, inverse)),
-                (self.dtype, (len(host_pos), self.dim), _take_into(rows, host_pos)),
-            ])
-            if len(host_pos):
-                self.slab[self.device_rows:self.device_rows + len(host_pos)].copy_(host_rows)
-            out = torch.nn.functional.embedding(index, self.slab)
-            self.uploader.release(slot)
-            event = torch.cuda.Event()
-            event.record(self.stream)
-        return Ready(out.view(tuple(shape) + (self.dim,)), event)
+        on_gpu = isinstance(ids, CallerIds)
+        shape = tuple(ids.ids.shape if on_gpu else ids.shape)
+        n = int(np.prod(shape))
+        with self.launch, torch.cuda.stream(self.stream):
+            upload = None
+            if on_gpu:
+                self.stream.wait_event(ids.event)
+                flat = ids.ids.reshape(-1)
+                flat.record_stream(self.stream)
+            else:
+                flat_np = ids.reshape(-1)
+                upload, (flat,) = self.uploader.send([(np.int64, (n,), _copy_into(flat_np))])
+            out = torch.empty((n, self.dim), dtype=self._tdtype, device=self.device_name)
+            misses = torch.empty(1 + 2 * n, dtype=torch.int64, device=self.device_name)
+            misses[:1].zero_()
+            triton_lookup(flat, self.index.dev_keys, self.index.dev_vals, self.index.rounds,
+                          self.slab, self._ram_pointer, self.device_rows, out, misses)
+            head = min(len(misses), 1 + 2 * MISS_PAIRS)
+            misses_host = torch.empty(head, dtype=torch.int64, pin_memory=True)
+            misses_host.copy_(misses[:head], non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record(self.stream)
+            # the planner sees a sample of a large lookup: an odd stride (prime to the heads'
+            # count of an Engram batch) from an offset that turns, so every id's turn comes
+            stride = max(1, n // LOG_SAMPLE_IDS) | 1
+            start = self._log_turn % stride
+            self._log_turn += 1
+            if on_gpu:
+                sample = flat[start::stride]
+                host_ids = torch.empty(len(sample), dtype=torch.int64, pin_memory=True)
+                host_ids.copy_(sample, non_blocking=True)
+                logged = torch.cuda.Event()
+                logged.record(self.stream)
+                log = (host_ids, logged)
+            else:
+                log = flat_np[start::stride].copy()
+            self.uploader.release(upload)
+        return Pending(out, shape, misses, misses_host, copied, log, stride)
 
-    def end_lookup(self):
-        """The lookup's moves are planned: send its writes to device slots (after its gather,
-        on the same stream) and close the batch."""
-        if self._batch is not None:
-            _, written = self._batch
-            self._batch = None
-            if written:
-                self._send_rows(np.unique(np.concatenate(written)))
+    def misses(self, pending: Pending):
+        """``(positions, ids)`` of the lookup's ids found in neither tier (waits for its list)."""
+        torch = self._torch
+        pending.copied.synchronize()
+        head = pending.misses_host.numpy()
+        count = int(head[0])
+        pairs = head[1:1 + 2 * count]
+        if 2 * count > len(pairs):                   # more than the first copy carried
+            with torch.cuda.stream(self.stream):
+                rest = torch.empty(2 * count, dtype=torch.int64, pin_memory=True)
+                rest.copy_(pending.misses[1:1 + 2 * count], non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(self.stream)
+            done.synchronize()
+            pairs = rest.numpy()
+        pending.misses = pending.misses_host = None
+        return pairs[0::2].copy(), pairs[1::2].copy()
+
+    def fill(self, pending: Pending, positions: np.ndarray, rows: np.ndarray):
+        """Missed rows into the lookup's output: ``rows[k]`` at flat position ``positions[k]``."""
+        torch = self._torch
+        if not len(positions):
+            return
+        with torch.cuda.stream(self.stream):
+            slot, (index, values) = self.uploader.send([
+                (np.int64, (len(positions),), _copy_into(positions)),
+                (self.dtype, (len(positions), self.dim), _copy_into(rows)),
+            ])
+            pending.out.index_copy_(0, index, values)
+            self.uploader.release(slot)
+
+    def ready(self, pending: Pending) -> Ready:
+        """The lookup's output, its rows all in place once its event completes."""
+        torch = self._torch
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        return Ready(pending.out.view(pending.shape + (self.dim,)), event)
 
     def deliver(self, ready: Ready):
-        """The output of :meth:`finish_lookup`, made safe to use on the current stream."""
+        """The output of a lookup, made safe to use on the current stream."""
         current = self._torch.cuda.current_stream(self.device_name)
         current.wait_event(ready.event)
         ready.out.record_stream(current)
         return ready.out
 
-    def _reserve_scratch(self, rows: int):
-        """Grow the slab's scratch tail (which holds one batch's host rows) to ``rows``."""
-        if self.device_rows + rows <= len(self.slab):
-            return
-        torch = self._torch
-        scratch = max(rows, 2 * (len(self.slab) - self.device_rows))
-        # not an inference tensor even if a lookup under torch.inference_mode() grows it:
-        # later writes may come from outside that mode (an update, a lookup on a worker)
-        with torch.cuda.stream(self.stream), torch.inference_mode(False):
-            slab = torch.empty((self.device_rows + scratch, self.dim), dtype=self._tdtype,
-                               device=self.device_name)
-            slab[:self.device_rows].copy_(self.slab[:self.device_rows])
-        self.slab = slab
-
-    # -- moving rows -------------------------------------------------------------------------
+    # -- moving rows (the planner's rounds, updates) -----------------------------------------
     def read(self, slots: np.ndarray) -> np.ndarray:
-        """Rows of ``slots``, from the shadow and the RAM slab (no device-to-host copy)."""
+        """Rows of ``slots`` as last committed: from the shadow and the RAM slab (no copy from
+        the GPU). Within a round, rows written but not committed are not seen in RAM slots."""
+        if self._committed is not None:
+            self._committed.synchronize()
+            self._committed = None
         slots = np.asarray(slots, dtype=np.int64)
         out = np.empty((len(slots), self.dim), dtype=self.dtype)
         gather_tiered(words(self.shadow), words(self.ram), self.device_rows, slots, words(out))
         return out
 
-    def write(self, slots: np.ndarray, rows: np.ndarray):
-        """Rows into slots. Device slots change in the shadow at once and on the GPU with the
-        current lookup's output (after its gather), or at once outside a lookup."""
-        rows = np.asarray(rows, dtype=self.dtype)
-        slots = np.asarray(slots, dtype=np.int64)
-        on_device = slots < self.device_rows
-        dev_slots = slots[on_device]
-        self.shadow[dev_slots] = rows[on_device]
-        self.ram[slots[~on_device] - self.device_rows] = rows[~on_device]
-        if not len(dev_slots):
-            return
-        if self._batch is not None:
-            self._batch[1].append(dev_slots)
-        else:
-            self._send_rows(np.unique(dev_slots))
+    def fill_rows(self, rows: np.ndarray, positions: np.ndarray, start: np.ndarray):
+        """``rows[positions]`` from their slots ``start[positions]`` where resident (the lookups
+        gathered them on the GPU; the planner needs them on the host to move them)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        need = positions[start[positions] >= 0]
+        if len(need):
+            rows[need] = self.read(start[need])
 
-    def _send_rows(self, dev_slots: np.ndarray):
-        """Copy the shadow's rows of ``dev_slots`` (unique) to the device slab."""
+    def write(self, slots: np.ndarray, rows: np.ndarray):
+        """Rows into slots: the shadow at once, both slabs at :meth:`commit`."""
+        slots = np.asarray(slots, dtype=np.int64)
+        if not len(slots):
+            return
+        rows = np.asarray(rows, dtype=self.dtype)
+        on_device = slots < self.device_rows
+        self.shadow[slots[on_device]] = rows[on_device]
+        self._writes.append((slots, rows))
+
+    def retarget(self, removed: np.ndarray, removed_slots: np.ndarray, put_ids: np.ndarray,
+                 put_slots: np.ndarray):
+        """Index changes of a round: ``removed`` ids leave their ``removed_slots``, then
+        ``put_ids[k]`` sits in ``put_slots[k]`` (admitted or moved). Sent at :meth:`commit`."""
+        self.index.apply(removed, put_ids, put_slots)
+        self.owner[removed_slots] = -1
+        self.owner[put_slots] = put_ids
+        self._index_dirty = True
+
+    def swap_index(self, promoted, sw_from, sw_to, has_y):
+        """Promotions: ``promoted[k]`` moves from ``sw_from[k]`` to device slot ``sw_to[k]``,
+        whose row before (where ``has_y[k]``) moves to ``sw_from[k]``."""
+        demoted = self.owner[sw_to[has_y]]
+        self.retarget(demoted[:0], demoted[:0], np.concatenate([promoted, demoted]),
+                      np.concatenate([sw_to, sw_from[has_y]]))
+        self.owner[sw_from[~has_y]] = -1
+
+    def clear(self):
+        """Nothing resident: the index emptied (sent at :meth:`commit`)."""
+        self.index.clear()
+        self.owner.fill(-1)
+        self._index_dirty = True
+
+    def commit(self):
+        """Issue the buffered writes and index changes on the tier's stream, between lookups."""
         torch = self._torch
-        with torch.cuda.stream(self.stream):
-            slot, (index, values) = self.uploader.send([
-                (np.int64, (len(dev_slots),), _copy_into(dev_slots)),
-                (self.dtype, (len(dev_slots), self.dim), _take_into(self.shadow, dev_slots)),
-            ])
-            self.slab.index_copy_(0, index, values)
+        if not self._writes and not self._index_dirty:
+            return
+        specs = []
+        if self._writes:
+            # later writes to a slot win, and the kernel writes each slot once
+            slots, last = dedupe_last(np.concatenate([w[0] for w in self._writes]))
+            rows = np.concatenate([w[1] for w in self._writes])[last]
+            specs += [(np.int64, (len(slots),), _copy_into(slots)),
+                      (self.dtype, (len(slots), self.dim), _copy_into(rows))]
+        if self._index_dirty:
+            pos, keys, vals = self.index.changes()
+            if pos is not None:
+                specs.append((np.int64, (len(pos),), _copy_into(pos)))
+            specs += [(np.int64, (len(keys),), _copy_into(keys)),
+                      (np.int32, (len(vals),), _copy_into(vals))]
+        with self.launch, torch.cuda.stream(self.stream):
+            slot, tensors = self.uploader.send(specs)
+            if self._writes:
+                write_rows(tensors[0], tensors[1], self.slab, self._ram_pointer, self.device_rows)
+                tensors = tensors[2:]
+            if self._index_dirty:
+                self.index.load(*(tensors if pos is not None else [None] + tensors))
             self.uploader.release(slot)
+            self._committed = torch.cuda.Event()
+            self._committed.record(self.stream)
+        self._writes = []
+        self._index_dirty = False
 
     def nbytes(self) -> int:
         return (self.slab.numel() * self.slab.element_size() + self.shadow.nbytes
-                + self.ram.nbytes)
+                + self.ram.nbytes + self.index.nbytes() + self.owner.nbytes)
+

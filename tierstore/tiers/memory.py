@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels.batch import gather_tiered
-from .base import MemoryTier
+from .base import HostLookupTier
 
 
 def words(rows: np.ndarray) -> np.ndarray:
@@ -20,7 +20,7 @@ def words(rows: np.ndarray) -> np.ndarray:
             return rows.view(word).reshape(len(rows), row_bytes // np.dtype(word).itemsize)
 
 
-class HostMemory(MemoryTier):
+class HostMemory(HostLookupTier):
     """Device and RAM slabs, both in host memory (``device="cpu"``)."""
 
     def __init__(self, device_rows: int, ram_rows: int, dim: int, dtype: np.dtype):
@@ -47,9 +47,22 @@ class HostMemory(MemoryTier):
         self.device[slots[on_device]] = rows[on_device]
         self.ram[slots[~on_device] - self.device_rows] = rows[~on_device]
 
-    def fill_rows(self, rows: np.ndarray, positions: np.ndarray):
+    def fill_rows(self, rows: np.ndarray, positions: np.ndarray, start: np.ndarray):
         """Make ``rows[positions]`` hold their rows before the store moves them: the host
         tiers gathered every row already."""
+
+    def retarget(self, removed, removed_slots, put_ids, put_slots):
+        """The store's slot map is the only index of the host tiers: nothing to follow."""
+
+    def swap_index(self, promoted, sw_from, sw_to, has_y):
+        """No index to follow (see :meth:`retarget`)."""
+
+    def clear(self):
+        """No index to empty (see :meth:`retarget`)."""
+
+    def commit(self):
+        """Writes are done at once on the host: nothing to send."""
+
 
     def finish_lookup(self, rows: np.ndarray, inverse: np.ndarray, shape: tuple, as_torch: bool):
         """The unique rows expanded to the caller's ids: numpy, or torch for torch ids."""

@@ -1,0 +1,139 @@
+"""Triton kernels of the CUDA tier: a lookup in one pass, and row writes into either slab.
+
+:func:`lookup` probes the GPU index (:mod:`.gpu_index`) for each id, copies
+its row from the HBM slab (device slots) or straight from the pinned RAM slab
+over PCIe (RAM slots; the GPU reads host memory through UVA), and appends the
+ids found in neither to a miss list (a count, then ``(position, id)`` pairs):
+the only thing the host reads back. :func:`write_rows` writes rows into slots
+of either slab, so every change of a slab is ordered on the tier's stream
+with the lookups that read it.
+
+The RAM slab is pinned host memory that torch allocated; Triton takes it
+through :class:`HostPointer` (a device-visible pointer with a dtype), since
+torch has no CUDA tensor over host memory.
+"""
+from __future__ import annotations
+
+import functools
+
+BLOCK_IDS = 64
+# splitmix64's finalizer (kernels/hashing.py), unsigned: Triton types them as uint64
+M1 = 0xBF58476D1CE4E5B9
+M2 = 0x94D049BB133111EB
+
+
+class HostPointer:
+    """Pinned host memory as a Triton pointer argument: its address and element type."""
+
+    def __init__(self, pinned):
+        self.pinned = pinned            # keeps the memory alive
+        self.dtype = pinned.dtype
+        self._ptr = pinned.data_ptr()
+
+    def data_ptr(self) -> int:
+        return self._ptr
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        raise ImportError("device='cuda' needs Triton (it comes with torch's CUDA builds): "
+                          "pip install triton") from None
+
+    @triton.jit
+    def lookup_kernel(ids_ptr, keys_ptr, vals_ptr, slab_ptr, ram_ptr, out_ptr, miss_ptr,
+                      n, mask, rounds, device_rows, dim, miss_cap, m1, m2,
+                      BLOCK: tl.constexpr, DIM: tl.constexpr, EARLY_EXIT: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        live = offs < n
+        key = tl.load(ids_ptr + offs, mask=live, other=0)
+        z = key.to(tl.uint64, bitcast=True)
+        z = (z ^ (z >> 30)) * m1
+        z = (z ^ (z >> 27)) * m2
+        z = z ^ (z >> 31)
+        home = (z & mask.to(tl.uint64)).to(tl.int64)
+        slot = tl.full([BLOCK], -1, tl.int64)
+        searching = live
+        if EARLY_EXIT:
+            pos = home
+            left = tl.sum(searching.to(tl.int32), axis=0)
+            while left > 0:
+                k = tl.load(keys_ptr + pos, mask=searching, other=-1)
+                found = searching & (k == key)
+                v = tl.load(vals_ptr + pos, mask=found, other=-1)
+                slot = tl.where(found, v.to(tl.int64), slot)
+                searching = searching & (k != key) & (k != -1)
+                pos = (pos + 1) & mask
+                left = tl.sum(searching.to(tl.int32), axis=0)
+        else:
+            for r in range(rounds):
+                pos = (home + r) & mask
+                k = tl.load(keys_ptr + pos, mask=searching, other=-1)
+                found = searching & (k == key)
+                v = tl.load(vals_ptr + pos, mask=found, other=-1)
+                slot = tl.where(found, v.to(tl.int64), slot)
+                searching = searching & (k != key) & (k != -1)
+        cols = tl.arange(0, DIM)
+        in_row = (cols < dim)[None, :]
+        on_dev = live & (slot >= 0) & (slot < device_rows)
+        on_ram = live & (slot >= device_rows)
+        a = tl.load(slab_ptr + slot[:, None] * dim + cols[None, :], mask=on_dev[:, None] & in_row,
+                    other=0)
+        b = tl.load(ram_ptr + (slot - device_rows)[:, None] * dim + cols[None, :],
+                    mask=on_ram[:, None] & in_row, other=0)
+        row = tl.where(on_dev[:, None], a, b)
+        tl.store(out_ptr + offs[:, None] * dim + cols[None, :], row, mask=live[:, None] & in_row)
+        miss = live & (slot < 0)
+        count = tl.sum(miss.to(tl.int64), axis=0)
+        if count > 0:
+            base = tl.atomic_add(miss_ptr, count)
+            at = base + tl.cumsum(miss.to(tl.int64), axis=0) - 1
+            keep = miss & (at < miss_cap)
+            tl.store(miss_ptr + 1 + 2 * at, offs, mask=keep)
+            tl.store(miss_ptr + 2 + 2 * at, key, mask=keep)
+
+    @triton.jit
+    def write_kernel(slots_ptr, rows_ptr, slab_ptr, ram_ptr, n, device_rows, dim,
+                     BLOCK: tl.constexpr, DIM: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        live = offs < n
+        slot = tl.load(slots_ptr + offs, mask=live, other=-1)
+        cols = tl.arange(0, DIM)
+        in_row = (cols < dim)[None, :]
+        row = tl.load(rows_ptr + offs[:, None] * dim + cols[None, :], mask=live[:, None] & in_row)
+        on_dev = live & (slot >= 0) & (slot < device_rows)
+        on_ram = live & (slot >= device_rows)
+        tl.store(slab_ptr + slot[:, None] * dim + cols[None, :], row, mask=on_dev[:, None] & in_row)
+        tl.store(ram_ptr + (slot - device_rows)[:, None] * dim + cols[None, :], row,
+                 mask=on_ram[:, None] & in_row)
+
+    return triton, lookup_kernel, write_kernel
+
+
+def lookup(ids, keys, vals, rounds: int, slab, ram: HostPointer, device_rows: int, out, misses,
+           early_exit: bool = False):
+    """Rows of the int64 CUDA tensor ``ids`` into ``out`` (``len(ids) x dim``), on the current
+    stream; ids in neither slab get zeros and go to ``misses`` (int64, zeroed by the caller:
+    ``[count, pos0, id0, pos1, id1, ...]``, as many pairs as fit)."""
+    triton, kernel, _ = _kernels()
+    n, dim = len(ids), out.shape[1]
+    if n == 0:
+        return
+    kernel[(triton.cdiv(n, BLOCK_IDS),)](
+        ids, keys, vals, slab, ram, out, misses, n, len(keys) - 1, rounds, device_rows, dim,
+        (len(misses) - 1) // 2, M1, M2, BLOCK=BLOCK_IDS, DIM=triton.next_power_of_2(dim),
+        EARLY_EXIT=early_exit)
+
+
+def write_rows(slots, rows, slab, ram: HostPointer, device_rows: int):
+    """``rows[k]`` into physical slot ``slots[k]`` (int64 CUDA tensors), on the current stream."""
+    triton, _, kernel = _kernels()
+    n, dim = len(slots), rows.shape[1]
+    if n == 0:
+        return
+    kernel[(triton.cdiv(n, BLOCK_IDS),)](slots, rows, slab, ram, n, device_rows, dim,
+                                         BLOCK=BLOCK_IDS, DIM=triton.next_power_of_2(dim))
+
