@@ -345,7 +345,10 @@ class Store(TableStore):
         try:
             self._plan_and_move(uniq, counts, entries, start, rows)
         finally:
-            self._memory.end_lookup()   # writes to device slots reach the device
+            if self._on_gpu:              # the moves reach the GPU's slabs and index
+                self._memory.commit()
+            else:
+                self._memory.end_lookup()
 
     @contextmanager
     def _exclusive(self):

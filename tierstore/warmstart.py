@@ -303,7 +303,8 @@ def _admit(store, ids, amounts, rows):
     kept = [s.meta[list(UNCOUNTED)].copy() for s in states]
     try:
         entries, start = store._state.probe(ids)
-        store._memory.gather(start, rows)       # every slot is -1: only opens the batch
+        if not store._on_gpu:                   # a GPU tier plans without a lookup open
+            store._memory.gather(start, rows)   # every slot is -1: only opens the batch
         store._plan_and_end(ids, amounts, entries, start, rows)
     finally:
         for s, values in zip(states, kept):

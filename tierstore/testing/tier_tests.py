@@ -214,6 +214,16 @@ class DeviceLookupTierTests(MemoryTierTests):
         positions, _, out = self._lookup(tier, np.empty((0, 2), dtype=np.int64))
         assert not len(positions) and out.shape == (0, 2, self.dim)
 
+    def test_fill_rows_gives_the_rows_of_resident_slots(self):
+        """The planner's rows of ids about to move, which the lookup served on the device."""
+        tier, rows = self._filled("float32")
+        host = np.full((4, self.dim), -7, dtype=np.float32)
+        start = np.array([5, 1, -1, 2], dtype=np.int64)
+        host[0] = rows[5]
+        tier.fill_rows(host, np.array([1, 2, 3], dtype=np.int64), start)
+        np.testing.assert_array_equal(host[[0, 1, 3]], rows[[5, 1, 2]])
+        assert (host[2] == -7).all()
+
 
 class TableStoreTests:
     """The TableStore contract, run against ``make_store``: a writable store of
@@ -318,13 +328,3 @@ class TableStoreTests:
         store.close()
         with pytest.raises(ClosedStoreError):
             store.lookup(np.array([0]))
-
-    def test_fill_rows_gives_the_rows_of_resident_slots(self):
-        """The planner's rows of ids about to move, which the lookup served on the device."""
-        tier, rows = self._filled("float32")
-        host = np.full((4, self.dim), -7, dtype=np.float32)
-        start = np.array([5, 1, -1, 2], dtype=np.int64)
-        host[0] = rows[5]
-        tier.fill_rows(host, np.array([1, 2, 3], dtype=np.int64), start)
-        np.testing.assert_array_equal(host[[0, 1, 3]], rows[[5, 1, 2]])
-        assert (host[2] == -7).all()

@@ -46,7 +46,7 @@ def _kernels():
     @triton.jit
     def lookup_kernel(ids_ptr, keys_ptr, vals_ptr, slab_ptr, ram_ptr, out_ptr, miss_ptr,
                       n, mask, rounds, device_rows, dim, miss_cap, m1, m2,
-                      BLOCK: tl.constexpr, DIM: tl.constexpr, EARLY_EXIT: tl.constexpr):
+                      BLOCK: tl.constexpr, DIM: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         live = offs < n
         key = tl.load(ids_ptr + offs, mask=live, other=0)
@@ -57,25 +57,15 @@ def _kernels():
         home = (z & mask.to(tl.uint64)).to(tl.int64)
         slot = tl.full([BLOCK], -1, tl.int64)
         searching = live
-        if EARLY_EXIT:
-            pos = home
-            left = tl.sum(searching.to(tl.int32), axis=0)
-            while left > 0:
-                k = tl.load(keys_ptr + pos, mask=searching, other=-1)
-                found = searching & (k == key)
-                v = tl.load(vals_ptr + pos, mask=found, other=-1)
-                slot = tl.where(found, v.to(tl.int64), slot)
-                searching = searching & (k != key) & (k != -1)
-                pos = (pos + 1) & mask
-                left = tl.sum(searching.to(tl.int32), axis=0)
-        else:
-            for r in range(rounds):
-                pos = (home + r) & mask
-                k = tl.load(keys_ptr + pos, mask=searching, other=-1)
-                found = searching & (k == key)
-                v = tl.load(vals_ptr + pos, mask=found, other=-1)
-                slot = tl.where(found, v.to(tl.int64), slot)
-                searching = searching & (k != key) & (k != -1)
+        # rounds: the host's bound on any key's distance from home (a loop that stopped once
+        # every lane was done measured the same on the H200)
+        for r in range(rounds):
+            pos = (home + r) & mask
+            k = tl.load(keys_ptr + pos, mask=searching, other=-1)
+            found = searching & (k == key)
+            v = tl.load(vals_ptr + pos, mask=found, other=-1)
+            slot = tl.where(found, v.to(tl.int64), slot)
+            searching = searching & (k != key) & (k != -1)
         cols = tl.arange(0, DIM)
         in_row = (cols < dim)[None, :]
         on_dev = live & (slot >= 0) & (slot < device_rows)
@@ -113,8 +103,7 @@ def _kernels():
     return triton, lookup_kernel, write_kernel
 
 
-def lookup(ids, keys, vals, rounds: int, slab, ram: HostPointer, device_rows: int, out, misses,
-           early_exit: bool = False):
+def lookup(ids, keys, vals, rounds: int, slab, ram: HostPointer, device_rows: int, out, misses):
     """Rows of the int64 CUDA tensor ``ids`` into ``out`` (``len(ids) x dim``), on the current
     stream; ids in neither slab get zeros and go to ``misses`` (int64, zeroed by the caller:
     ``[count, pos0, id0, pos1, id1, ...]``, as many pairs as fit)."""
@@ -124,8 +113,7 @@ def lookup(ids, keys, vals, rounds: int, slab, ram: HostPointer, device_rows: in
         return
     kernel[(triton.cdiv(n, BLOCK_IDS),)](
         ids, keys, vals, slab, ram, out, misses, n, len(keys) - 1, rounds, device_rows, dim,
-        (len(misses) - 1) // 2, M1, M2, BLOCK=BLOCK_IDS, DIM=triton.next_power_of_2(dim),
-        EARLY_EXIT=early_exit)
+        (len(misses) - 1) // 2, M1, M2, BLOCK=BLOCK_IDS, DIM=triton.next_power_of_2(dim))
 
 
 def write_rows(slots, rows, slab, ram: HostPointer, device_rows: int):
