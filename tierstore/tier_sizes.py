@@ -29,12 +29,13 @@ def fitted_config(config: StoreConfig, num_rows: int) -> StoreConfig:
 
 
 def host_bytes(config: StoreConfig, row_bytes: int) -> int:
-    """Host memory the tiers take when allocated: the RAM slab (and the device slab on
-    ``device="cpu"``) plus the policy's bookkeeping, estimated from a small sample."""
+    """Host memory the tiers take when allocated: both slabs (on ``device="cuda"`` the
+    device slab's host shadow, see tiers/cuda.py) plus the policy's bookkeeping,
+    estimated from a small sample."""
     from .policy.state import CacheState
 
-    slab_rows = config.ram_rows + (config.device_rows if config.device == "cpu" else 0)
     capacity = config.memory_rows
+    slab_rows = capacity
     sample = min(capacity, SAMPLE_SLOTS)
     per_slot = CacheState.new(0, sample, config.policy).nbytes() / sample
     return slab_rows * row_bytes + int(BOOKKEEPING_MARGIN * per_slot * capacity)
@@ -65,4 +66,4 @@ def check_fits(config: StoreConfig, row_bytes: int, path=None):
             f"{where}the memory tiers need about {need / 2**30:.2f} GiB of host memory "
             f"(device_rows={config.device_rows}, ram_rows={config.ram_rows}, {row_bytes}-byte "
             f"rows, with bookkeeping) but {have / 2**30:.2f} GiB is available; "
-            "lower ram_rows (or device_rows on device='cpu')")
+            "lower ram_rows or device_rows")
