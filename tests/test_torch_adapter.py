@@ -264,6 +264,25 @@ def test_adagrad_state_survives_reopen_and_reset(tmp_path):
     fresh.close()
 
 
+def test_a_table_created_afresh_starts_its_adagrad_afresh(tmp_path):
+    """create(overwrite=True) replaces the table's PATH.adagrad too: two identical runs give
+    the same accumulators (the second used to continue from the first's: 5, then 10)."""
+    def one_run():
+        store = ts.create(tmp_path / "table.ts", *make_table().shape, "float32",
+                          init=make_table(), config=TINY, overwrite=True)
+        emb = TieredEmbedding(store, optimizer=RowAdagrad(0.1))
+        emb(torch.tensor([1, 2, 2])).sum().backward()
+        emb.step()
+        acc = emb.optimizer.accumulators([0, 1, 2])
+        emb.close()
+        store.close()
+        return acc
+
+    first = one_run()
+    np.testing.assert_allclose(first, [0.0, 1.0, 4.0])
+    np.testing.assert_allclose(one_run(), first)
+
+
 def test_zero_grad_drops_kept_gradients(tmp_path):
     table = make_table()
     model = Model(TieredEmbedding(make_store(tmp_path, table), optimizer=RowSGD(1.0)))
