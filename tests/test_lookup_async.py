@@ -133,3 +133,27 @@ def test_a_large_lookup_returns_before_its_planning(store, held_planning, monkey
     assert s.stats()["lookups"] == N          # waited for the planning
     np.testing.assert_array_equal(s.lookup(ids[:50]), table[:50])   # small: planned at once
     assert s._planning is None
+
+
+def test_a_submitted_lookup_keeps_its_rows_from_eviction(tmp_path, monkeypatch):
+    """Rows a lookup_async will use are not evicted by the lookups planned before it."""
+    released = threading.Event()
+    run_ahead = ts.Store._lookup_ahead
+
+    def held(self, *args):
+        assert released.wait(10)
+        return run_ahead(self, *args)
+
+    monkeypatch.setattr(ts.Store, "_lookup_ahead", held)
+    table = np.arange(N * D, dtype=np.float32).reshape(N, D)
+    config = ts.StoreConfig(device_rows=1, ram_rows=3, policy="lru")
+    with ts.create(tmp_path / "s", N, D, "float32", init=table, config=config) as s:
+        for k in range(4):
+            s.lookup(np.array([k]))                  # memory: 0 1 2 3, row 0 the oldest
+        handle = s.lookup_async(np.array([0, 9]))
+        np.testing.assert_array_equal(s.lookup(np.array([4])), table[[4]])
+        assert s._state.probe(np.array([0, 1]))[1].tolist()[0] >= 0   # 0 spared: 1 went
+        assert s._state.probe(np.array([1]))[1][0] < 0
+        released.set()
+        np.testing.assert_array_equal(handle.result(timeout=10), table[[0, 9]])
+        assert s.stats()["disk"]["reads"] == 4 + 1 + 1     # 0-3, then 4, then 9 (0 a hit)

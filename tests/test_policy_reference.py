@@ -215,3 +215,31 @@ def test_lookahead_keeps_invariants_and_counts(policy):
     assert _hits(state) + _misses(state) == len(trace)
     assert state.meta[AHEAD_LIVE] == 0
     assert check_invariants(state.arrays()) == 0
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_partitions_spare_submitted_ids_until_planned(parts):
+    from tierstore.policy.partitions import PartitionedState
+
+    state = PartitionedState(0, 3 * parts, "lru", parts)
+
+    def lookup(ids):
+        uniq = np.asarray(ids, dtype=np.int64)
+        entries, start = state.probe(uniq)
+        state.plan(uniq, np.ones(len(uniq), dtype=np.int64), entries, start)
+
+    for k in range(100):
+        lookup([k])                                  # memory full of the last ids looked up
+    resident = [k for k in range(100) if state.probe(np.array([k]))[1][0] >= 0]
+    # the oldest row, next to go; the others stay evictable (were every row submitted,
+    # a newcomer would still have to evict one)
+    submitted = np.array(resident[:1], dtype=np.int64)
+    state.ahead_add(submitted)
+    for k in range(100, 400):                        # enough newcomers to evict them all
+        lookup([k])
+    assert all(state.probe(submitted)[1] >= 0)
+    state.ahead_remove(submitted)
+    assert sum(int(s.meta[AHEAD_LIVE]) for s in state.states) == 0
+    for k in range(400, 700):
+        lookup([k])
+    assert all(state.probe(submitted)[1] < 0)

@@ -197,14 +197,18 @@ class Store(TableStore):
             self._check_open()
             id_array = as_id_array(ids, self.num_rows)
             handle = LookupHandle(self._memory.deliver)
+            # until it is planned, eviction spares its rows (policy/lookahead.py)
+            submitted = dedupe(id_array.reshape(-1))[0]
+            self._state.ahead_add(submitted)
             handle.attach(self._worker().submit(self._lookup_ahead, handle, id_array,
-                                                is_torch_tensor(ids)))
+                                                is_torch_tensor(ids), submitted))
             self._ahead.add(handle)
             self._prefetch_stats["lookups_ahead"] += 1
             return handle
 
-    def _lookup_ahead(self, handle, id_array, as_torch):
+    def _lookup_ahead(self, handle, id_array, as_torch, submitted):
         with self._exclusive():
+            self._state.ahead_remove(submitted)
             self._check_open()
             handle.disk_rows_before = self._disk_rows_read
             self._lookup(id_array, as_torch, handle)

@@ -41,11 +41,12 @@ def theirs(halves, capacity, name):
     return 1.0 - miss
 
 
-def streams(which, ids):
+def streams(which, ids, text_tokens):
     if "text" in which:
         trace = text_trace(TEXT)
         rows = int(trace.max()) + 1
-        yield "real text (SpamAssassin mail), 16 tokens a batch", trace, 256, rows, (0.01, 0.05, 0.10)
+        yield (f"real text (SpamAssassin mail), {text_tokens} tokens a batch", trace,
+               16 * text_tokens, rows, (0.01, 0.05, 0.10))
     if "zipf" in which:
         yield "zipf 1.0, batch 1", zipf_ids(ids, 1.0, 2 * ids, seed=0), 1, ids, (0.01, 0.10)
     if "drift" in which:
@@ -60,6 +61,8 @@ def main():
     parser.add_argument("--streams", nargs="+", default=["text", "zipf", "drift"],
                         choices=["text", "zipf", "drift"])
     parser.add_argument("--ids", type=int, default=1_000_000, help="ids of the synthetic streams")
+    parser.add_argument("--text-tokens", type=int, default=16,
+                        help="tokens a batch on the real-text trace (16 ids each; default 16)")
     parser.add_argument("--ours", nargs="+", default=list(POLICIES), choices=POLICIES)
     parser.add_argument("--theirs", nargs="*", default=list(LIBCACHESIM), choices=LIBCACHESIM)
     parser.add_argument("--lookahead", type=int, nargs="*", default=[1, 4],
@@ -72,7 +75,7 @@ def main():
           "closed by lookahead " + ", ".join(f"+{k}" for k in args.lookahead) + " |")
     print("|---|---:|" + "---:|" * (len(cols) + 2))
     with tempfile.TemporaryDirectory() as tmp:
-        for name, trace, batch, rows, shares in streams(args.streams, args.ids):
+        for name, trace, batch, rows, shares in streams(args.streams, args.ids, args.text_tokens):
             half = len(trace) // 2 // batch * batch
             halves = [os.path.join(tmp, f"{i}.bin") for i in range(2)]
             if args.theirs:

@@ -19,12 +19,16 @@ import numpy as np
 
 from ..kernels.batch import partition_of
 from . import state as S
+from .lookahead import ahead_add, ahead_remove
 from .planner import plan_batch, plan_outputs
 from .queries import check_invariants, clear_dirty, dirty_rows, mark_dirty, probe, touch
 from .state import CacheState
 
 COUNTERS = (S.DEVICE_HITS, S.RAM_HITS, S.MISSES, S.ADMISSIONS, S.EVICTIONS, S.PROMOTIONS,
-            S.DEMOTIONS, S.WRITEBACKS)
+            S.DEMOTIONS, S.WRITEBACKS, S.DISK_READS)
+# each partition remembers the ids of submitted lookups up to half its memory rows
+# (policy.lookahead; ids beyond are left out, as a hint the window is)
+AHEAD_SHARE = 0.5
 
 
 def _shares(total: int, parts: int) -> np.ndarray:
@@ -45,7 +49,8 @@ class PartitionedState:
         self.dev_base = np.concatenate([[0], np.cumsum(self.dev_share)[:-1]])
         self.ram_base = np.concatenate([[0], np.cumsum(self.ram_share)[:-1]])
         width = None if sketch_width is None else max(16, sketch_width // parts)
-        self.states = [CacheState.new(int(d), int(r), policy, width)
+        self.states = [CacheState.new(int(d), int(r), policy, width,
+                                      lookahead_ids=int(AHEAD_SHARE * (d + r)))
                        for d, r in zip(self.dev_share, self.ram_share)]
         self.arrays = [s.arrays() for s in self.states]
         self._pool = None
@@ -126,6 +131,14 @@ class PartitionedState:
 
         moves = self._run(one, uniq)
         return aslot, fresh, _cat([m[0] for m in moves], 3), _cat([m[1] for m in moves], 4)
+
+    def ahead_add(self, uniq: np.ndarray):
+        """A lookup of these unique ids was submitted: eviction spares them until it is planned."""
+        self._run(lambda p, index: ahead_add(self.arrays[p], uniq[index]), uniq)
+
+    def ahead_remove(self, uniq: np.ndarray):
+        """The submitted lookup of these unique ids is being planned (or was dropped)."""
+        self._run(lambda p, index: ahead_remove(self.arrays[p], uniq[index]), uniq)
 
     # -- outside lookups ---------------------------------------------------------------------
     def touch(self, ids: np.ndarray):
