@@ -107,6 +107,7 @@ def test_warm_loads_the_hottest_hottest_on_device_counting_no_lookups(made, part
             assert sorted(ranks) == [r for r in range(len(hottest)) if part[r] == p][:len(ranks)]
         stats = s.stats()
         assert stats["lookups"] == 0 and stats["misses"] == 0 and stats["admissions"] == 64
+        assert stats["disk"]["reads"] == 0         # the warm's reads are not lookups' reads
         assert stats["device"]["rows"] == 8
         if partitions == 1:       # one cache: exactly the 8 hottest hold the device slots
             assert {i for i, slot in resident.items() if slot < 8} == set(hottest[:8].tolist())

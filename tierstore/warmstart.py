@@ -39,7 +39,7 @@ WARM_CHUNK = 8192           # rows read and admitted at a time: the lock is held
 ADMIT_RETRY_SECONDS = 0.05  # an idle store: how often the worker tries the lock for a read chunk
 MAX_AMOUNT = 255            # the sketch's counters saturate here
 # lookup counters warming must leave alone (stats() and the adaptive window's sample)
-UNCOUNTED = (S.DEVICE_HITS, S.RAM_HITS, S.MISSES, S.SAMPLE_HITS, S.SAMPLE_MISSES)
+UNCOUNTED = (S.DEVICE_HITS, S.RAM_HITS, S.MISSES, S.DISK_READS, S.SAMPLE_HITS, S.SAMPLE_MISSES)
 
 
 # -- counts: from a trace, to and from a file --------------------------------------------------
