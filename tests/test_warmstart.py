@@ -1,5 +1,6 @@
 """Warm start: counts files, rows loaded at open, and a warmed store that reads exactly the
 rows written."""
+import re
 from collections import Counter
 
 import numpy as np
@@ -162,25 +163,50 @@ def test_readonly_store_warms_and_writes_nothing(made):
         assert s.stats()["disk"]["bytes_written"] == 0
 
 
-def test_bad_warm_input_changes_nothing(made):
-    path, _ = made
+BAD_WARM = {
+    "id-out-of-range": ((np.array([1, ROWS]), np.array([1, 1])), ts.errors.IdOutOfRangeError,
+                        "row id 2000 at position 1 is outside"),
+    "float-ids": ((np.array([1.5]), np.array([1])), ts.errors.IdTypeError, "must be integers"),
+    "lengths-differ": ((np.array([1, 2]), np.array([1])), ts.errors.ConfigError,
+                       "1-D of one length"),
+    "2-d-ids": ((np.array([[1, 2]]), np.array([[1, 1]])), ts.errors.ConfigError,
+                "1-D of one length"),
+    "negative-count": ((np.array([1, 2]), np.array([1, -1])), ts.errors.ConfigError,
+                       "finite non-negative"),
+    "nan-count": ((np.array([1, 2]), np.array([1, np.nan])), ts.errors.ConfigError,
+                  "finite non-negative"),
+    "text-counts": ((np.array([1, 2]), np.array(["a", "b"])), ts.errors.ConfigError,
+                    "finite non-negative"),
+    "not-a-pair": ([1, 2], ts.errors.ConfigError, "a counts file's path or an (ids, counts) pair"),
+    "not-a-counts-file": ("data.mdb", ts.errors.ConfigError, "not a tierstore counts file"),
+    "missing-file": ("missing.npz", FileNotFoundError, "missing.npz"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_WARM)
+def test_bad_warm_input_changes_nothing(made, case):
+    path, table = made
+    hot, error, message = BAD_WARM[case]
+    if isinstance(hot, str):
+        hot = str(path / hot)
     with _open(path) as s:
-        bad = [((np.array([1, ROWS]), np.array([1, 1])), IndexError),
-               ((np.array([1.5]), np.array([1])), TypeError),
-               ((np.array([1, 2]), np.array([1])), ValueError),
-               ((np.array([1, 2]), np.array([1, -1])), ValueError),
-               ((np.array([1, 2]), np.array([1, np.nan])), ValueError),
-               ([1, 2], ValueError)]
-        for hot, error in bad:
-            with pytest.raises(error):
-                s.warm(hot)
-        assert s.warming is None and not s._state.resident()
-    with pytest.raises(IndexError):
-        _open(path, warm=(np.array([ROWS]), np.array([1])))
-    with _open(path) as s:                                  # the failed open let the store go
-        with pytest.raises(ValueError, match="not a tierstore counts file"):
-            s.warm(str(path / "data.mdb"))
-    with pytest.raises(ts.errors.ClosedStoreError):
+        s.lookup(np.arange(5))
+        before, resident = s.stats(), s._state.resident()
+        with pytest.raises(error, match=re.escape(message)):
+            s.warm(hot)
+        assert s.warming is None and not s._warms
+        assert s.stats() == before and s._state.resident() == resident
+        np.testing.assert_array_equal(s.lookup(np.arange(5)), table[:5])
+    with pytest.raises(error):
+        _open(path, warm=hot)
+    _open(path).close()                     # the failed open let the store go
+
+
+def test_warm_on_a_closed_store(made):
+    path, _ = made
+    s = _open(path)
+    s.close()
+    with pytest.raises(ts.errors.ClosedStoreError, match="is closed"):
         s.warm(_descending(3))
 
 
@@ -333,3 +359,20 @@ def test_bench_warm_tool_prints_warm_beside_cold(monkeypatch, capsys):
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 10 |")]
     cold, warm = (float(cell.split()[0]) for cell in table[0].split("|")[2:4])
     assert warm > cold + 0.05        # the first batches: the warm store holds the hot rows
+
+
+def test_warm_on_a_cuda_store_serves_its_rows_from_the_device(made):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    path, table = made
+    config = ts.StoreConfig(device_rows=8, ram_rows=56, device="cuda")
+    with ts.open(path, config, warm=_descending(64)) as s:
+        assert s.warming.wait() == 64
+        s.update([70, 3], np.full((2, DIM), 5.0))
+        out = s.lookup(np.arange(72))
+        assert out.is_cuda
+        want = table[:72].copy()
+        want[[70, 3]] = 5.0
+        np.testing.assert_array_equal(out.cpu().numpy(), want)
+        assert s.stats()["device"]["hits"] == 8 and s.check().ok
