@@ -58,7 +58,8 @@ def format_report(report: dict) -> str:
                f"all {_n(sim['measured_accesses'])} accesses counted, cold start included")
     batch = "sequential (batch 1)" if sim["batch"] == 1 else f"batches of {_n(sim['batch'])} ids"
     if sim.get("lookahead"):
-        batch += f", {sim['lookahead']} batches submitted ahead"
+        k = sim["lookahead"]
+        batch += f", {k} batch{'es' if k > 1 else ''} submitted ahead (hit ratios only; sizing without)"
     out.append(f"Hit ratios: device {_n(sim['device_rows'])} rows + RAM {_n(sim['ram_rows'])} "
                f"rows, {batch}, {counted}")
     rows = []
