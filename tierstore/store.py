@@ -285,7 +285,7 @@ class Store(TableStore):
             if self._log_ids and self._log_ids + logged > ACCESS_LOG_MAX_IDS:
                 self._log_dropped += n           # the planner is behind: lose this batch's counts
                 return
-            self._access_log.append((pending, missed_ids, missed_counts))
+            self._access_log.append((pending, missed_ids, missed_counts, missed))
             self._log_ids += logged
             if not self._log_scheduled:
                 self._log_scheduled = True
@@ -303,14 +303,20 @@ class Store(TableStore):
             if self._closed or not batch:
                 return
             ids, weights = [], []
-            for pending, missed_ids, missed_counts in batch:
+            for pending, missed_ids, missed_counts, missed in batch:
                 sample = pending.log_ids()
-                # a sampled id counts for the lookups it stands for; a missed id for itself
-                ids += [sample, missed_ids]
-                weights += [np.full(len(sample), pending.log_weight), missed_counts]
+                if len(missed_ids):
+                    # each miss counts for itself; the sample's hits stand for all the hits
+                    sample = sample[~np.isin(sample, missed_ids)]
+                    hits = int(np.prod(pending.shape)) - missed
+                    ids += [sample, missed_ids]
+                    weights += [np.full(len(sample), hits / max(1, len(sample))), missed_counts]
+                else:
+                    ids.append(sample)
+                    weights.append(np.full(len(sample), float(pending.log_weight)))
             ids, weights = np.concatenate(ids), np.concatenate(weights)
             uniq, inverse, _ = dedupe(ids)
-            counts = np.bincount(inverse, weights, minlength=len(uniq)).astype(np.int64)
+            counts = np.rint(np.bincount(inverse, weights, minlength=len(uniq))).astype(np.int64)
             entries, start = self._state.probe(uniq)
             rows = np.empty((len(uniq), self.dim), dtype=self.dtype)
             self._read_missing(uniq, rows, np.flatnonzero(start < 0))

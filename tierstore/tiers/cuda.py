@@ -123,6 +123,14 @@ def _torch_dtype(torch, dtype):
     return getattr(torch, np.dtype(dtype).name)
 
 
+def log_sample(n: int, turn: int) -> tuple[int, int]:
+    """``(start, stride)``: the ids ``flat[start::stride]`` of a lookup of ``n`` ids go to the
+    planner's log, each standing for ``stride`` lookups. The stride is odd (prime to the 16
+    heads of an Engram batch) and the start turns with ``turn``, so every id's turn comes."""
+    stride = max(1, n // LOG_SAMPLE_IDS) | 1
+    return turn % stride, stride
+
+
 def _copy_into(src):
     """A ``fill`` that writes ``src`` into the view."""
     def fill(view):
@@ -196,7 +204,6 @@ class CudaMemory(DeviceLookupTier):
             self.ram_tensor = torch.zeros((max(ram_rows, 1), dim), dtype=self._tdtype, pin_memory=True)
         self.ram = self.ram_tensor.numpy()[:ram_rows]
         self._ram_pointer = HostPointer(self.ram_tensor)
-        self.owner = np.full(device_rows + ram_rows, -1, dtype=np.int64)   # slot -> id (host only)
         self.uploader = Uploader(torch, self.device_name)
         self.launch = threading.Lock()   # a lookup's kernels and a commit's never interleave
         self._writes = []                # (slots, rows) buffered until commit
@@ -256,8 +263,7 @@ class CudaMemory(DeviceLookupTier):
             copied.record(self.stream)
             # the planner sees a sample of a large lookup: an odd stride (prime to the heads'
             # count of an Engram batch) from an offset that turns, so every id's turn comes
-            stride = max(1, n // LOG_SAMPLE_IDS) | 1
-            start = self._log_turn % stride
+            start, stride = log_sample(n, self._log_turn)
             self._log_turn += 1
             if on_gpu:
                 sample = flat[start::stride]
@@ -348,25 +354,18 @@ class CudaMemory(DeviceLookupTier):
 
     def retarget(self, removed: np.ndarray, removed_slots: np.ndarray, put_ids: np.ndarray,
                  put_slots: np.ndarray):
-        """Index changes of a round: ``removed`` ids leave their ``removed_slots``, then
-        ``put_ids[k]`` sits in ``put_slots[k]`` (admitted or moved). Sent at :meth:`commit`."""
-        self.index.apply(removed, put_ids, put_slots)
-        self.owner[removed_slots] = -1
-        self.owner[put_slots] = put_ids
+        """Index changes of a round (:meth:`GpuIndex.retarget`), sent at :meth:`commit`."""
+        self.index.retarget(removed, removed_slots, put_ids, put_slots)
         self._index_dirty = True
 
     def swap_index(self, promoted, sw_from, sw_to, has_y):
-        """Promotions: ``promoted[k]`` moves from ``sw_from[k]`` to device slot ``sw_to[k]``,
-        whose row before (where ``has_y[k]``) moves to ``sw_from[k]``."""
-        demoted = self.owner[sw_to[has_y]]
-        self.retarget(demoted[:0], demoted[:0], np.concatenate([promoted, demoted]),
-                      np.concatenate([sw_to, sw_from[has_y]]))
-        self.owner[sw_from[~has_y]] = -1
+        """Promotions (:meth:`GpuIndex.swap`), sent at :meth:`commit`."""
+        self.index.swap(promoted, sw_from, sw_to, has_y)
+        self._index_dirty = True
 
     def clear(self):
         """Nothing resident: the index emptied (sent at :meth:`commit`)."""
         self.index.clear()
-        self.owner.fill(-1)
         self._index_dirty = True
 
     def commit(self):
@@ -402,5 +401,5 @@ class CudaMemory(DeviceLookupTier):
 
     def nbytes(self) -> int:
         return (self.slab.numel() * self.slab.element_size() + self.shadow.nbytes
-                + self.ram.nbytes + self.index.nbytes() + self.owner.nbytes)
+                + self.ram.nbytes + self.index.nbytes())
 

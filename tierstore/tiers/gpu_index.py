@@ -67,6 +67,7 @@ class GpuIndex:
         self.vals = np.full(size, -1, dtype=np.int32)
         self.meta = np.zeros(META_SIZE, dtype=np.int64)
         self.log = np.empty(max(1024, size // 4), dtype=np.int64)
+        self.owner = np.full(memory_rows, -1, dtype=np.int64)   # slot -> id (host only)
         self._full = True                 # the device copy needs the whole table
         with torch.inference_mode(False):
             self.dev_keys = torch.full((size,), EMPTY, dtype=torch.int64, device=device)
@@ -82,9 +83,27 @@ class GpuIndex:
         index_apply(self.keys, self.vals, self.log, self.meta, np.asarray(removed, dtype=np.int64),
                     np.asarray(put_ids, dtype=np.int64), np.asarray(put_slots, dtype=np.int32))
 
+    def retarget(self, removed: np.ndarray, removed_slots: np.ndarray, put_ids: np.ndarray,
+                 put_slots: np.ndarray):
+        """A round's moves: ``removed`` ids leave their ``removed_slots``, then ``put_ids[k]``
+        sits in ``put_slots[k]`` (admitted, or moved)."""
+        self.apply(removed, put_ids, put_slots)
+        self.owner[removed_slots] = -1
+        self.owner[put_slots] = put_ids
+
+    def swap(self, promoted, sw_from, sw_to, has_y):
+        """Promotions: ``promoted[k]`` moves from ``sw_from[k]`` to device slot ``sw_to[k]``,
+        whose id before (where ``has_y[k]``) moves to ``sw_from[k]``; the other ``sw_from``
+        slots are left empty."""
+        demoted = self.owner[sw_to[has_y]]
+        self.retarget(demoted[:0], demoted[:0], np.concatenate([promoted, demoted]),
+                      np.concatenate([sw_to, sw_from[has_y]]))
+        self.owner[sw_from[~has_y]] = -1
+
     def clear(self):
         self.keys.fill(EMPTY)
         self.vals.fill(-1)
+        self.owner.fill(-1)
         self.meta[:] = 0
         self._full = True
 
@@ -125,4 +144,5 @@ class GpuIndex:
         return probe(self.dev_keys, self.dev_vals, ids, self.rounds)
 
     def nbytes(self) -> int:
+        """Bytes of GPU memory (the host mirror holds as many, and 8 a slot for ``owner``)."""
         return self.dev_keys.numel() * 8 + self.dev_vals.numel() * 4

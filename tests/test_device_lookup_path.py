@@ -1,0 +1,72 @@
+"""The store's GPU lookup path (``DeviceLookupTier``: rows found by the tier's own index, the
+planner on its thread over a sampled access log) on CI, through a host double of the CUDA tier
+(tests/host_indexed_tier.py): the state machine with tiny tiers, the index against the
+policy's map after every step, and the sampled log against the tiers' hit counts."""
+import numpy as np
+import pytest
+from hypothesis import settings
+
+import tierstore as ts
+import tierstore.store
+import tierstore.tiers.cuda
+from tierstore.testing import run_store_machine
+from tierstore.workloads import zipf_ids
+
+pytest.importorskip("torch")
+from host_indexed_tier import HostIndexedMemory  # noqa: E402
+
+
+@pytest.fixture
+def host_indexed(monkeypatch):
+    """Stores made in the test keep their memory in a HostIndexedMemory."""
+    monkeypatch.setattr(tierstore.store, "_memory_for",
+                        lambda config, dim, dtype: HostIndexedMemory(config.device_rows,
+                                                                     config.ram_rows, dim, dtype))
+
+
+@pytest.mark.parametrize("policy", ["adaptive", "lru", "lfu"])
+@pytest.mark.parametrize("tiers", [(2, 3), (0, 3), (3, 0), (1, 1)], ids=lambda t: f"dev{t[0]}-ram{t[1]}")
+def test_state_machine(host_indexed, policy, tiers):
+    run_store_machine(ts.StoreConfig(device_rows=tiers[0], ram_rows=tiers[1], policy=policy),
+                      settings=settings(max_examples=20))
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_state_machine_with_partitions(host_indexed, parts):
+    run_store_machine(ts.StoreConfig(device_rows=3, ram_rows=4, partitions=parts),
+                      settings=settings(max_examples=20))
+
+
+def test_state_machine_with_a_sampled_log(host_indexed, monkeypatch):
+    """Lookups of more than two ids log a strided sample plus their misses."""
+    monkeypatch.setattr(tierstore.tiers.cuda, "LOG_SAMPLE_IDS", 2)
+    run_store_machine(ts.StoreConfig(device_rows=2, ram_rows=3), settings=settings(max_examples=25))
+
+
+def _at_lookup_miss_ratio(path, config, table, sample_ids):
+    """Share of ids a lookup found in neither tier, over batches 20-39 of a Zipf stream, the
+    planner's rounds done before each next lookup (so only the sampling differs); and the
+    accesses the planner counted against the ids looked up."""
+    tierstore.tiers.cuda.LOG_SAMPLE_IDS = sample_ids
+    with ts.create(path, len(table), 4, "float32", init=table, config=config) as store:
+        for k in range(40):
+            if k == 20:
+                before = store.stats()
+            ids = zipf_ids(len(table), 1.1, 1024, seed=k)
+            np.testing.assert_array_equal(store.lookup(ids), table[ids])
+            store.stats()                        # waits for the planner's round
+        after = store.stats()
+    gpu = {k: after["gpu_lookup"][k] - before["gpu_lookup"][k] for k in ("ids", "through_host")}
+    assert after["gpu_lookup"]["unplanned"] == 0
+    return gpu["through_host"] / gpu["ids"], (after["lookups"] - before["lookups"]) / gpu["ids"]
+
+
+def test_a_sampled_log_hits_as_often_and_counts_every_lookup(host_indexed, monkeypatch, tmp_path):
+    monkeypatch.setattr(tierstore.tiers.cuda, "LOG_SAMPLE_IDS", tierstore.tiers.cuda.LOG_SAMPLE_IDS)
+    table = np.random.default_rng(0).normal(size=(5000, 4)).astype(np.float32)
+    config = ts.StoreConfig(device_rows=500, ram_rows=2000)
+    every, every_counted = _at_lookup_miss_ratio(tmp_path / "a", config, table, 1 << 20)
+    sampled, sampled_counted = _at_lookup_miss_ratio(tmp_path / "b", config, table, 64)  # 1 in 17
+    assert every_counted == 1.0
+    assert abs(sampled_counted - 1.0) < 0.02
+    assert abs(sampled - every) < 0.01
