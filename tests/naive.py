@@ -53,11 +53,23 @@ def slotmap_contents(keys: np.ndarray, vals: np.ndarray) -> dict[int, int]:
     return {int(k): int(v) for k, v in zip(keys, vals) if k != -1}
 
 
-def slotmap_problems(keys: np.ndarray) -> list[str]:
+def entry_map_home(key: int, size: int) -> int:
+    """The bucket an entry map (kernels/entry_map.py) of ``size`` buckets starts probing at:
+    the hash's top 32 bits scaled onto the table."""
+    return ((mix64(key, 0) >> 32) * size) >> 32
+
+
+def entry_map_contents(buckets: np.ndarray, ids: np.ndarray) -> dict[int, int]:
+    """key -> index of an entry map whose keys live in ``ids``."""
+    return {int(ids[b]): int(b) for b in buckets if b != -1}
+
+
+def slotmap_problems(keys: np.ndarray, home=home) -> list[str]:
     """Structural faults of a linear-probing table; empty when it is sound.
 
     Every key must be reachable from its home bucket without crossing an
     empty bucket (otherwise a lookup stops early), and no key may appear twice.
+    ``home(key, size)``: where the table starts probing ``key``.
     """
     size = len(keys)
     problems = []

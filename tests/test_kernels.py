@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import naive  # noqa: E402
 
 from tierstore.codecs import Int8Codec, RawCodec, ZstdCodec  # noqa: E402
-from tierstore.kernels import batch, codec, hashing, sketch, slotmap  # noqa: E402
+from tierstore.errors import ConfigError  # noqa: E402
+from tierstore.kernels import batch, codec, entry_map, hashing, sketch, slotmap  # noqa: E402
 from tierstore.tiers.memory import HostMemory  # noqa: E402
 
 I64 = np.iinfo(np.int64)
@@ -140,6 +141,87 @@ def test_slotmap_put_overwrites():
     slotmap.slotmap_put(keys, vals, 42, 2)
     assert slotmap.slotmap_get(keys, vals, 42) == 2
     assert (keys == 42).sum() == 1
+
+
+# =========================================================================== entry map
+
+
+def _entry_map_keys(size: int, count: int, homes) -> list[int]:
+    homes = set(homes)
+    out = []
+    k = 0
+    while len(out) < count:
+        if naive.entry_map_home(k, size) in homes:
+            out.append(k)
+        k += 1
+    return out
+
+
+def _check_entry_map(buckets, ids, model, probe):
+    assert naive.entry_map_contents(buckets, ids) == model
+    keys = np.where(buckets >= 0, ids[np.maximum(buckets, 0)], -1)
+    assert naive.slotmap_problems(keys, naive.entry_map_home) == []
+    out = [entry_map.entry_map_get(buckets, ids, k) for k in probe]
+    assert out == [model.get(int(k), -1) for k in probe]
+
+
+@jit_settings
+@given(capacity=st.sampled_from(CAPACITIES), clustered=st.booleans(), ops=slot_ops)
+def test_entry_map_matches_dict(capacity, clustered, ops):
+    """Keys live in ``ids`` at the index the map holds; puts take a free index, as the
+    policy's admissions take an evicted entry."""
+    buckets = entry_map.new_entry_map(capacity)
+    assert buckets.dtype == np.int32 and len(buckets) == 2 * capacity + 1 and (buckets == -1).all()
+    ids = np.full(capacity, -1, dtype=np.int64)
+    pool = _entry_map_keys(len(buckets), 2 * capacity + 4, {len(buckets) - 1, 0}) if clustered else None
+    model: dict[int, int] = {}
+    for op, raw_key, _ in ops:
+        key = pool[raw_key % len(pool)] if pool else raw_key
+        if op == "put":
+            if key in model or len(model) >= capacity:
+                continue
+            index = int(np.flatnonzero(ids == -1)[0])
+            ids[index] = key
+            entry_map.entry_map_put(buckets, ids, key, index)
+            model[key] = index
+        elif op == "delete":
+            assert bool(entry_map.entry_map_delete(buckets, ids, key)) == (key in model)
+            if key in model:
+                ids[model.pop(key)] = -1
+        assert int(entry_map.entry_map_get(buckets, ids, key)) == model.get(key, -1)
+    _check_entry_map(buckets, ids, model, (pool or []) + list(model) + [10**9 + 1, 0])
+
+
+@pytest.mark.parametrize("capacity", [3, 4, 8])
+def test_entry_map_backward_shift_every_deletion_order(capacity):
+    """A full run that wraps past the table's end (not a power of two), emptied in every order."""
+    size = len(entry_map.new_entry_map(capacity))
+    members = _entry_map_keys(size, capacity, {size - 1, 0})
+    orders = list(itertools.permutations(range(capacity)))
+    if len(orders) > 200:
+        rng = np.random.default_rng(capacity)
+        orders = [tuple(rng.permutation(capacity)) for _ in range(200)]
+    for order in orders:
+        buckets = entry_map.new_entry_map(capacity)
+        ids = np.array(members, dtype=np.int64)
+        model = {}
+        for n, k in enumerate(members):
+            entry_map.entry_map_put(buckets, ids, k, n)
+            model[k] = n
+        _check_entry_map(buckets, ids, model, members)
+        for idx in order:
+            k = members[idx]
+            assert entry_map.entry_map_delete(buckets, ids, k)
+            assert not entry_map.entry_map_delete(buckets, ids, k)
+            del model[k]
+            ids[idx] = -1
+            _check_entry_map(buckets, ids, model, members)
+        assert (buckets == -1).all()
+
+
+def test_entry_map_refuses_2_31_keys():
+    with pytest.raises(ConfigError):
+        entry_map.new_entry_map(1 << 31)
 
 
 # =========================================================================== sketch

@@ -22,13 +22,13 @@ from numba import njit
 
 from ..kernels.batch import dedupe
 from ..kernels.sketch import sketch_add, sketch_estimate
-from ..kernels.slotmap import slotmap_delete, slotmap_put
+from ..kernels.entry_map import entry_map_delete, entry_map_put
 from .queries import probe
 from .ghosts import ghost_push, ghost_take
 from .lookahead import ahead_add, ahead_remove
 from .residency import on_hit, on_insert, on_remove, pick_victim, record_access
-from .state import (DISK_READS, ADMISSIONS, BAR_RESCAN, BAR_SKIPS, CAPACITY, DEMOTIONS, DEVICE_BAR, DEVICE_HAND, DEVICE_HITS, DEVICE_ROWS,
-                    DEVICE_SAMPLE, EPOCH, EVICTIONS, FREE_DEVICE, FREE_RAM, MISSES, PROMOTIONS,
+from .state import (DISK_READS, ADMISSIONS, BAR_RESCAN, BAR_SKIPS, BORN, CAPACITY, DEMOTIONS, DEVICE_BAR, DEVICE_HAND, DEVICE_HITS, DEVICE_ROWS,
+                    DEVICE_SAMPLE, DIRTY, EPOCH, EVICTIONS, MOVED, FREE_DEVICE, FREE_RAM, MISSES, PROMOTIONS,
                     RAM_HITS, USED, VICTIM_FROM_MAIN, WRITEBACKS)
 
 MAX_COUNT = 255
@@ -56,14 +56,13 @@ def _count_start_tier(meta, start, count):
 
 @njit(cache=True, _nrt=False)
 def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty):
-    meta, fmeta, keys, vals = st.meta, st.fmeta, st.keys, st.vals
-    entry_id, phys, owner, dirty = st.entry_id, st.phys, st.owner, st.dirty
+    meta, fmeta, entry_map = st.meta, st.fmeta, st.entry_map
+    entry_id, phys, owner, flags = st.entry_id, st.phys, st.owner, st.flags
     seg, prev, nxt, freq = st.seg, st.prev, st.next, st.freq
-    stamp, heap, hpos, born = st.stamp, st.heap, st.hpos, st.born
-    seen, free_device, free_ram = st.seen, st.free_device, st.free_ram
+    stamp, heap, hpos = st.stamp, st.heap, st.hpos
+    free_device, free_ram = st.free_device, st.free_ram
     sketch, sketch_state = st.sketch, st.sketch_state
-    ghost_ring, ghost_keys, ghost_vals = st.ghost_ring, st.ghost_keys, st.ghost_vals
-    epoch = meta[EPOCH]
+    ghost_ring, ghost_map = st.ghost_ring, st.ghost_map
     n_ev = 0
     for u in range(len(uniq)):
         key = uniq[u]
@@ -80,7 +79,7 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
             record_access(meta, fmeta, seg, prev, nxt, True, c, -1)
             fresh[u] = False
         else:
-            ghost = ghost_take(meta, ghost_ring, ghost_keys, ghost_vals, key)
+            ghost = ghost_take(meta, ghost_ring, ghost_map, key)
             if meta[USED] < meta[CAPACITY]:
                 e = meta[USED]
                 meta[USED] += 1
@@ -90,35 +89,39 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
             else:
                 e = pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch, st.ahead_keys, st.ahead_vals)
                 on_remove(meta, seg, prev, nxt, freq, stamp, heap, hpos, e)
-                ghost_push(meta, ghost_ring, ghost_keys, ghost_vals, meta[VICTIM_FROM_MAIN],
-                           entry_id[e])
-                slotmap_delete(keys, vals, entry_id[e])
+                ghost_push(meta, ghost_ring, ghost_map, meta[VICTIM_FROM_MAIN], entry_id[e])
+                entry_map_delete(entry_map, entry_id, entry_id[e])
                 meta[EVICTIONS] += 1
-                if seen[e] >> 32 == epoch:
-                    aslot[seen[e] & 0xFFFFFFFF] = -1
-                if born[e] != epoch:
+                # a row admitted earlier in this batch never reached its slot: nothing to
+                # write back or move out
+                if not flags[e] & BORN:
+                    dirty = flags[e] & DIRTY
                     ev_id[n_ev] = entry_id[e]
                     ev_slot[n_ev] = phys[e]
-                    ev_dirty[n_ev] = dirty[e]
-                    meta[WRITEBACKS] += dirty[e]
+                    ev_dirty[n_ev] = dirty
+                    meta[WRITEBACKS] += dirty
                     n_ev += 1
             entry_id[e] = key
-            slotmap_put(keys, vals, key, e)
-            dirty[e] = 0
-            born[e] = epoch
+            entry_map_put(entry_map, entry_id, key, e)
+            flags[e] = BORN
             on_insert(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, c, prior)
             meta[ADMISSIONS] += 1
             record_access(meta, fmeta, seg, prev, nxt, False, c, ghost)
             fresh[u] = True
-        seen[e] = (epoch << 32) | u  # one word: in this batch, and where
-        aslot[u] = phys[e]
+        aslot[u] = e  # the entry for now: it may yet be evicted, or taken by a later id
     for u in range(len(uniq)):
-        fresh[u] = fresh[u] and aslot[u] >= 0
+        e = aslot[u]
+        flags[e] &= ~BORN
+        if entry_id[e] == uniq[u]:
+            aslot[u] = phys[e]
+        else:
+            aslot[u] = -1
+            fresh[u] = False
     return n_ev
 
 
 @njit(cache=True, _nrt=False)
-def _device_victim(meta, owner, entry_id, swapped, sketch, epoch):
+def _device_victim(meta, owner, entry_id, flags, sketch):
     """The least used of a few device slots past the clock hand (not yet moved this batch)."""
     device_rows = meta[DEVICE_ROWS]
     hand = meta[DEVICE_HAND]
@@ -128,7 +131,7 @@ def _device_victim(meta, owner, entry_id, swapped, sketch, epoch):
     for _ in range(device_rows):
         d = hand
         hand = (hand + 1) % device_rows
-        if owner[d] < 0 or swapped[d] == epoch:
+        if owner[d] < 0 or flags[owner[d]] & MOVED:
             continue
         est = sketch_estimate(sketch, entry_id[owner[d]])
         if est < best_est:
@@ -144,15 +147,15 @@ def _device_victim(meta, owner, entry_id, swapped, sketch, epoch):
 @njit(cache=True, _nrt=False)
 def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
     meta, entry_id, phys, owner = st.meta, st.entry_id, st.phys, st.owner
-    swapped, free_device, free_ram, sketch = st.swapped, st.free_device, st.free_ram, st.sketch
-    epoch = meta[EPOCH]
+    flags, free_device, free_ram, sketch = st.flags, st.free_device, st.free_ram, st.sketch
     device_rows = meta[DEVICE_ROWS]
     n_sw = 0
     if device_rows == 0:
         return n_sw
     for u in range(len(uniq)):
         p = aslot[u]
-        if p < device_rows or swapped[p] == epoch:
+        # a slot takes part in one swap a batch: its entry moved, or it was left free
+        if p < device_rows or owner[p] < 0 or flags[owner[p]] & MOVED:
             continue
         ex = owner[p]
         if meta[FREE_DEVICE] > 0:
@@ -169,7 +172,7 @@ def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
             if est <= meta[DEVICE_BAR] and meta[BAR_SKIPS] < BAR_RESCAN:
                 meta[BAR_SKIPS] += 1
                 continue
-            d, victim_est = _device_victim(meta, owner, entry_id, swapped, sketch, epoch)
+            d, victim_est = _device_victim(meta, owner, entry_id, flags, sketch)
             meta[DEVICE_BAR] = victim_est
             meta[BAR_SKIPS] = 0
             if d < 0 or est <= victim_est:
@@ -177,18 +180,22 @@ def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
             ey = owner[d]
             owner[p] = ey
             phys[ey] = p
+            flags[ey] |= MOVED
             has_y = True
             meta[DEMOTIONS] += 1
         owner[d] = ex
         phys[ex] = d
-        swapped[d] = epoch
-        swapped[p] = epoch
+        flags[ex] |= MOVED
         meta[PROMOTIONS] += 1
         sw_u[n_sw] = u
         sw_from[n_sw] = p
         sw_to[n_sw] = d
         sw_has_y[n_sw] = has_y
         n_sw += 1
+    for k in range(n_sw):
+        flags[owner[sw_to[k]]] &= ~MOVED
+        if sw_has_y[k]:
+            flags[owner[sw_from[k]]] &= ~MOVED
     return n_sw
 
 

@@ -2,20 +2,20 @@
 import numpy as np
 from numba import njit
 
-from ..kernels.slotmap import slotmap_get
+from ..kernels.entry_map import entry_map_get
 from .residency import on_hit
-from .state import (CAPACITY, DEVICE_ROWS, FREE_DEVICE, FREE_RAM, HEAP_SIZE, LFU, POLICY, SIZE0,
+from .state import (DIRTY, CAPACITY, DEVICE_ROWS, FREE_DEVICE, FREE_RAM, HEAP_SIZE, LFU, POLICY, SIZE0,
                     USED)
 
 
 @njit(nogil=True, cache=True, _nrt=False)
 def probe(st, ids, entries, slots):
     """Entry and physical slot of each id; -1 for both where the row is not in memory."""
-    keys = st.keys
-    vals = st.vals
+    entry_map = st.entry_map
+    entry_id = st.entry_id
     phys = st.phys
     for k in range(len(ids)):
-        e = slotmap_get(keys, vals, ids[k])
+        e = entry_map_get(entry_map, entry_id, ids[k])
         entries[k] = e
         slots[k] = phys[e] if e >= 0 else -1
 
@@ -26,10 +26,10 @@ def touch(st, ids):
     a queued prefetch says are about to be used move away from eviction."""
     meta, seg, prev, nxt = st.meta, st.seg, st.prev, st.next
     freq, stamp, heap, hpos = st.freq, st.stamp, st.heap, st.hpos
-    keys = st.keys
-    vals = st.vals
+    entry_map = st.entry_map
+    entry_id = st.entry_id
     for k in range(len(ids)):
-        e = slotmap_get(keys, vals, ids[k])
+        e = entry_map_get(entry_map, entry_id, ids[k])
         if e >= 0:
             on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, 0)
 
@@ -37,13 +37,13 @@ def touch(st, ids):
 @njit(cache=True)
 def mark_dirty(st, ids):
     """Flag the resident rows among ``ids`` as newer than disk."""
-    keys = st.keys
-    vals = st.vals
-    dirty = st.dirty
+    entry_map = st.entry_map
+    entry_id = st.entry_id
+    flags = st.flags
     for k in range(len(ids)):
-        e = slotmap_get(keys, vals, ids[k])
+        e = entry_map_get(entry_map, entry_id, ids[k])
         if e >= 0:
-            dirty[e] = 1
+            flags[e] |= DIRTY
 
 
 @njit(cache=True)
@@ -52,15 +52,15 @@ def dirty_rows(st):
     meta = st.meta
     entry_id = st.entry_id
     phys = st.phys
-    dirty = st.dirty
+    flags = st.flags
     n = 0
     for e in range(meta[USED]):
-        n += dirty[e]
+        n += flags[e] & DIRTY
     ids = np.empty(n, dtype=np.int64)
     slots = np.empty(n, dtype=np.int64)
     k = 0
     for e in range(meta[USED]):
-        if dirty[e]:
+        if flags[e] & DIRTY:
             ids[k] = entry_id[e]
             slots[k] = phys[e]
             k += 1
@@ -70,16 +70,16 @@ def dirty_rows(st):
 @njit(cache=True)
 def clear_dirty(st):
     meta = st.meta
-    dirty = st.dirty
+    flags = st.flags
     for e in range(meta[USED]):
-        dirty[e] = 0
+        flags[e] &= ~DIRTY
 
 
 @njit(cache=True)
 def check_invariants(st):
     """0 when the bookkeeping is consistent, else the number of the first broken rule."""
     meta = st.meta
-    keys, vals, entry_id, phys, owner = st.keys, st.vals, st.entry_id, st.phys, st.owner
+    entry_map, entry_id, phys, owner = st.entry_map, st.entry_id, st.phys, st.owner
     capacity = meta[CAPACITY]
     device_rows = meta[DEVICE_ROWS]
     used = meta[USED]
@@ -87,7 +87,7 @@ def check_invariants(st):
         return 1
     on_device = 0
     for e in range(used):
-        if entry_id[e] < 0 or slotmap_get(keys, vals, entry_id[e]) != e:
+        if entry_id[e] < 0 or entry_map_get(entry_map, entry_id, entry_id[e]) != e:
             return 2
         p = phys[e]
         if p < 0 or p >= capacity or owner[p] != e:
@@ -97,8 +97,8 @@ def check_invariants(st):
     if on_device > device_rows or used - on_device > capacity - device_rows:
         return 4
     mapped = 0
-    for i in range(len(keys)):
-        if keys[i] >= 0:
+    for i in range(len(entry_map)):
+        if entry_map[i] >= 0:
             mapped += 1
     if mapped != used:
         return 5

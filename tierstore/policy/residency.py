@@ -73,9 +73,9 @@ def on_insert(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, count, prior):
     """Place a newly resident entry in the policy's order; ``prior``: the sketch's count of
     its id before this batch."""
     meta[TICK] += 1
-    freq[e] = count
     stamp[e] = meta[TICK]
     if meta[POLICY] == LFU:
+        freq[e] = count  # only LFU has a heap (and frequencies) to keep
         heap_push(meta, heap, hpos, freq, stamp, e)
     elif meta[POLICY] == ADAPTIVE and prior >= REPEAT_ADMIT:
         # used often before and back: main's probation, as a hit in ARC's ghost enters its

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..kernels.entry_map import new_entry_map
 from ..kernels.sketch import new_sketch
 from ..kernels.slotmap import new_slotmap
 
@@ -33,6 +34,11 @@ NO_SEGMENT, WINDOW, PROBATION, PROTECTED = -1, 0, 1, 2
  WRITEBACKS, DEVICE_BAR, BAR_SKIPS,
  GHOST_CAP, GHOST_HEAD, GHOST_HEAD_MAIN, GHOST_LIVE, GHOST_LIVE_MAIN, VICTIM_FROM_MAIN,
  GHOST_HITS, GHOST_HITS_MAIN, DISK_READS, AHEAD_CAP, AHEAD_LIVE, META_LEN) = range(46)
+
+# bits of ``flags[entry]``: the row is newer than disk; the entry was admitted in the batch
+# being planned; its row moved between device and RAM in that batch (both cleared before
+# the batch's plan returns, so they need no batch number beside them)
+DIRTY, BORN, MOVED = 1, 2, 4
 
 # ghosts: ids the window evicted (TinyLFU refused them main) and ids main evicted
 GHOST_WINDOW, GHOST_MAIN = 0, 1
@@ -56,9 +62,9 @@ AHEAD_WALK = 64
 # CacheState's arrays as the kernels take them: one argument whose fields they read by name
 # (a namedtuple compiles to the same code as a plain tuple of the arrays)
 StateArrays = namedtuple("StateArrays", (
-    "meta", "fmeta", "keys", "vals", "entry_id", "phys", "owner", "dirty", "seg", "prev", "next",
-    "freq", "stamp", "heap", "hpos", "born", "seen", "swapped", "free_device", "free_ram",
-    "sketch", "sketch_state", "ghost_ring", "ghost_keys", "ghost_vals", "ahead_keys", "ahead_vals"))
+    "meta", "fmeta", "entry_map", "entry_id", "phys", "owner", "flags", "seg", "prev", "next",
+    "freq", "stamp", "heap", "hpos", "free_device", "free_ram",
+    "sketch", "sketch_state", "ghost_ring", "ghost_map", "ahead_keys", "ahead_vals"))
 
 
 @dataclass
@@ -67,12 +73,11 @@ class CacheState:
 
     meta: np.ndarray
     fmeta: np.ndarray
-    keys: np.ndarray
-    vals: np.ndarray
+    entry_map: np.ndarray
     entry_id: np.ndarray
     phys: np.ndarray
     owner: np.ndarray
-    dirty: np.ndarray
+    flags: np.ndarray
     seg: np.ndarray
     prev: np.ndarray
     next: np.ndarray
@@ -80,16 +85,12 @@ class CacheState:
     stamp: np.ndarray
     heap: np.ndarray
     hpos: np.ndarray
-    born: np.ndarray
-    seen: np.ndarray
-    swapped: np.ndarray
     free_device: np.ndarray
     free_ram: np.ndarray
     sketch: np.ndarray
     sketch_state: np.ndarray
     ghost_ring: np.ndarray
-    ghost_keys: np.ndarray
-    ghost_vals: np.ndarray
+    ghost_map: np.ndarray
     ahead_keys: np.ndarray
     ahead_vals: np.ndarray
 
@@ -116,37 +117,34 @@ class CacheState:
         # free slots are popped from the end: lowest slots first
         meta[FREE_DEVICE] = device_rows
         meta[FREE_RAM] = ram_rows
-        keys, vals = new_slotmap(capacity)
         sketch, sketch_state = new_sketch(capacity, sketch_width)
-        ghost_keys, ghost_vals = new_slotmap(2 * ghost_cap)
         meta[AHEAD_CAP] = max(0, int(lookahead_ids))
         ahead_keys, ahead_vals = new_slotmap(max(1, meta[AHEAD_CAP]))
+        # LFU orders entries in a heap by (freq, stamp), the others in linked lists: each
+        # leaves the other's arrays empty (the same dtypes, so the same compiled kernels)
+        heap_rows = capacity if policy == "lfu" else 0
+        list_rows = capacity - heap_rows
         return cls(
             meta=meta,
             fmeta=fmeta,
-            keys=keys,
-            vals=vals,
+            entry_map=new_entry_map(capacity),
             entry_id=np.full(capacity, -1, dtype=np.int64),
             phys=np.full(capacity, -1, dtype=np.int32),
             owner=np.full(capacity, -1, dtype=np.int32),
-            dirty=np.zeros(capacity, dtype=np.uint8),
+            flags=np.zeros(capacity, dtype=np.uint8),
             seg=np.full(capacity, NO_SEGMENT, dtype=np.int8),
-            prev=np.full(capacity, -1, dtype=np.int32),
-            next=np.full(capacity, -1, dtype=np.int32),
-            freq=np.zeros(capacity, dtype=np.int64),
+            prev=np.full(list_rows, -1, dtype=np.int32),
+            next=np.full(list_rows, -1, dtype=np.int32),
+            freq=np.zeros(heap_rows, dtype=np.int64),
             stamp=np.zeros(capacity, dtype=np.int64),
-            heap=np.zeros(capacity, dtype=np.int32),
-            hpos=np.full(capacity, -1, dtype=np.int32),
-            born=np.full(capacity, -1, dtype=np.int64),
-            seen=np.full(capacity, -1, dtype=np.int64),
-            swapped=np.full(capacity, -1, dtype=np.int64),
+            heap=np.zeros(heap_rows, dtype=np.int32),
+            hpos=np.full(heap_rows, -1, dtype=np.int32),
             free_device=np.arange(device_rows - 1, -1, -1, dtype=np.int32),
             free_ram=np.arange(capacity - 1, device_rows - 1, -1, dtype=np.int32),
             sketch=sketch,
             sketch_state=sketch_state,
             ghost_ring=np.full(2 * ghost_cap, -1, dtype=np.int64),
-            ghost_keys=ghost_keys,
-            ghost_vals=ghost_vals,
+            ghost_map=new_entry_map(2 * ghost_cap),
             ahead_keys=ahead_keys,
             ahead_vals=ahead_vals,
         )
@@ -169,4 +167,6 @@ class CacheState:
         return {int(self.entry_id[e]): int(self.phys[e]) for e in range(used)}
 
     def nbytes(self) -> int:
+        """Host bytes of every array here (all scale with the capacities, none with the
+        store's rows); docs/DESIGN_DECISIONS.md has the budget per array."""
         return sum(a.nbytes for a in self.arrays())

@@ -1,0 +1,90 @@
+"""id -> index map whose buckets hold only the index: the id lives in an array beside it.
+
+The policy keeps every resident id in a record array anyway (``entry_id[entry]``, the
+ghosts' ring of ids), so a bucket needs only the 4-byte index into it; a lookup compares
+``ids[bucket]`` with the key. Open addressing, linear probing, backward-shift deletion
+(no tombstones); ``-1`` in empty buckets. The table has ``2 * capacity`` buckets, not a
+power of two: the home bucket is ``mix64(id)`` scaled onto the table (multiply and
+shift), so the table stays at half load whatever the capacity, 8 bytes per entry, and
+never follows the number of rows in the store.
+
+A key must be deleted while ``ids[index]`` still holds it: deletion rehashes the keys it
+shifts back, read through ``ids``.
+"""
+import numpy as np
+from numba import njit
+
+from ..errors import ConfigError
+from .hashing import mix64
+
+EMPTY = -1
+LOAD = 0.5
+
+
+def new_entry_map(capacity: int) -> np.ndarray:
+    """The buckets of a map of at most ``capacity`` keys (< 2**31)."""
+    if capacity >= 1 << 31:
+        raise ConfigError(f"a memory partition holds fewer than 2**31 rows, not {capacity}: "
+                          "raise partitions or lower device_rows/ram_rows")
+    return np.full(max(2, int(capacity / LOAD) + 1), EMPTY, dtype=np.int32)
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def _home(buckets, key):
+    # the top 32 bits of the hash times the table size, over 2**32: uniform on [0, size)
+    return np.int64(((mix64(key, 0) >> np.uint64(32)) * np.uint64(len(buckets))) >> np.uint64(32))
+
+
+@njit(cache=True, _nrt=False)
+def entry_map_get(buckets, ids, key):
+    """The index of ``key`` (``ids[index] == key``), or -1."""
+    size = len(buckets)
+    i = _home(buckets, key)
+    while buckets[i] != EMPTY:
+        if ids[buckets[i]] == key:
+            return np.int64(buckets[i])
+        i += 1
+        if i == size:
+            i = 0
+    return np.int64(-1)
+
+
+@njit(cache=True, _nrt=False)
+def entry_map_put(buckets, ids, key, index):
+    """Map ``key`` (absent) to ``index``; ``ids[index]`` holds ``key`` from now on."""
+    size = len(buckets)
+    i = _home(buckets, key)
+    while buckets[i] != EMPTY:
+        i += 1
+        if i == size:
+            i = 0
+    buckets[i] = index
+
+
+@njit(cache=True, _nrt=False)
+def entry_map_delete(buckets, ids, key):
+    """Forget ``key``; shift later members of its run back so no tombstones pile up."""
+    size = len(buckets)
+    i = _home(buckets, key)
+    while True:
+        if buckets[i] == EMPTY:
+            return False
+        if ids[buckets[i]] == key:
+            break
+        i += 1
+        if i == size:
+            i = 0
+    j = i
+    while True:
+        j += 1
+        if j == size:
+            j = 0
+        if buckets[j] == EMPTY:
+            break
+        home = _home(buckets, ids[buckets[j]])
+        # buckets[j] may move into the hole at i unless its home lies cyclically in (i, j]
+        if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
+            buckets[i] = buckets[j]
+            i = j
+    buckets[i] = EMPTY
+    return True
