@@ -89,6 +89,7 @@ class HostIndexedMemory(DeviceLookupTier):
         with self.launch:
             for slots, rows in self._writes:
                 self.slabs.write(slots, rows)
+            self.slabs.commit()
             self.index.load(None if pos is None else torch.from_numpy(pos),
                             torch.from_numpy(keys.copy()), torch.from_numpy(vals.copy()))
         self._writes = []

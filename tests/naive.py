@@ -210,6 +210,20 @@ def gather_tiered(device, ram, device_rows, slots, out):
     return out
 
 
+def index_gather(contents, device, ram, device_rows, ids, out):
+    """A lookup through an index (``contents``: id -> slot): the output and the missed
+    positions."""
+    out = out.copy()
+    missed = []
+    for k, key in enumerate(ids):
+        s = contents.get(int(key), -1)
+        if s < 0:
+            missed.append(k)
+        else:
+            out[k] = device[s] if s < device_rows else ram[s - device_rows]
+    return out, missed
+
+
 def scatter_tiered(rows, slots, device, ram, device_rows):
     device = device.copy()
     ram = ram.copy()

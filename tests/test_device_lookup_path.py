@@ -56,8 +56,8 @@ def _at_lookup_miss_ratio(path, config, table, sample_ids):
             np.testing.assert_array_equal(store.lookup(ids), table[ids])
             store.stats()                        # waits for the planner's round
         after = store.stats()
-    gpu = {k: after["gpu_lookup"][k] - before["gpu_lookup"][k] for k in ("ids", "through_host")}
-    assert after["gpu_lookup"]["unplanned"] == 0
+    gpu = {k: after["indexed_lookup"][k] - before["indexed_lookup"][k] for k in ("ids", "through_host")}
+    assert after["indexed_lookup"]["unplanned"] == 0
     return gpu["through_host"] / gpu["ids"], (after["lookups"] - before["lookups"]) / gpu["ids"]
 
 

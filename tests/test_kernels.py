@@ -17,7 +17,7 @@ import naive  # noqa: E402
 
 from tierstore.codecs import Int8Codec, RawCodec, ZstdCodec  # noqa: E402
 from tierstore.errors import ConfigError  # noqa: E402
-from tierstore.kernels import batch, codec, entry_map, hashing, sketch, slotmap  # noqa: E402
+from tierstore.kernels import batch, codec, entry_map, hashing, sketch, slot_index, slotmap  # noqa: E402
 from tierstore.tiers.memory import HostMemory  # noqa: E402
 
 I64 = np.iinfo(np.int64)
@@ -422,6 +422,30 @@ def test_gather_tiered(data, d, r, width, m):
 @jit_settings
 @given(data=st.data(), d=st.integers(0, 5), r=st.integers(0, 6), width=st.integers(1, 8),
        m=st.integers(0, 15))
+def test_index_gather(data, d, r, width, m):
+    """Probe the index and copy each found row; list the positions of the others."""
+    device = data.draw(hnp.arrays(np.uint8, (d, width)))
+    ram = data.draw(hnp.arrays(np.uint8, (r, width)))
+    resident = data.draw(st.lists(st.integers(0, 40), unique=True, max_size=d + r))
+    slots = data.draw(st.permutations(range(d + r)))[:len(resident)]
+    keys = np.full(hashing.table_size(max(d + r, 1), 0.75), -1, dtype=np.int64)
+    vals = np.full(len(keys), -1, dtype=np.int32)
+    meta = np.zeros(slot_index.META_SIZE, dtype=np.int64)
+    slot_index.index_apply(keys, vals, np.empty(0, dtype=np.int64), meta,
+                           np.empty(0, dtype=np.int64), np.array(resident, dtype=np.int64),
+                           np.array(slots, dtype=np.int32))
+    ids = data.draw(hnp.arrays(np.int64, m, elements=st.integers(0, 40)))
+    out = data.draw(hnp.arrays(np.uint8, (m, width)))
+    expect, expect_missed = naive.index_gather(dict(zip(resident, slots)), device, ram, d, ids, out)
+    missed = np.full(m, -1, dtype=np.int64)
+    n = slot_index.index_gather(keys, vals, device, ram, d, ids, out, missed)
+    npt.assert_array_equal(out, expect)
+    assert missed[:n].tolist() == expect_missed
+
+
+@jit_settings
+@given(data=st.data(), d=st.integers(0, 5), r=st.integers(0, 6), width=st.integers(1, 8),
+       m=st.integers(0, 15))
 def test_scatter_tiered(data, d, r, width, m):
     assume(d + r > 0)
     device = data.draw(hnp.arrays(np.uint8, (d, width)))
@@ -431,6 +455,7 @@ def test_scatter_tiered(data, d, r, width, m):
     e_device, e_ram = naive.scatter_tiered(rows, slots, device.copy(), ram.copy(), d)
     memory = _memory(device, ram)
     memory.write(slots, rows)
+    memory.commit()
     npt.assert_array_equal(memory.device, e_device)
     npt.assert_array_equal(memory.ram, e_ram)
 

@@ -124,15 +124,16 @@ def test_a_large_lookup_returns_before_its_planning(store, held_planning, monkey
     import tierstore.store
 
     s, table = store
-    monkeypatch.setattr(tierstore.store, "DEFER_PLAN_MIN_IDS", 100)
+    monkeypatch.setattr(tierstore.store, "LOGGED_LOOKUP_MIN_IDS", 100)
     planning, release = held_planning
-    ids = np.arange(N)                        # 500 unique ids: planned on the planner thread
+    ids = np.arange(N)                        # 500 ids: logged, planned on the planner thread
     np.testing.assert_array_equal(s.lookup(ids), table)
-    assert planning.wait(10) and not s._planning.done()
+    assert planning.wait(10) and not s._log_planning.done()
     threading.Timer(0.2, release.set).start()
     assert s.stats()["lookups"] == N          # waited for the planning
+    planned = s._log_planning
     np.testing.assert_array_equal(s.lookup(ids[:50]), table[:50])   # small: planned at once
-    assert s._planning is None
+    assert s._log_planning is planned and s.stats()["lookups"] == N + 50
 
 
 def test_a_submitted_lookup_keeps_its_rows_from_eviction(tmp_path, monkeypatch):

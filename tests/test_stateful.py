@@ -45,10 +45,11 @@ def test_partitioned_memory(parts, tiers, policy):
 
 
 @pytest.mark.parametrize("parts", [1, 2])
-def test_deferred_planning(monkeypatch, parts):
-    """Every lookup's planning on the planner thread (large batches' way), racing the next call."""
+def test_logged_lookups(monkeypatch, parts):
+    """Every lookup through the tier's index (large batches' way), its planning on the planner
+    thread, racing the next call."""
     import tierstore.store
 
-    monkeypatch.setattr(tierstore.store, "DEFER_PLAN_MIN_IDS", 1)
+    monkeypatch.setattr(tierstore.store, "LOGGED_LOOKUP_MIN_IDS", 1)
     run_store_machine(ts.StoreConfig(device_rows=2, ram_rows=3, partitions=parts),
                       settings=examples(25))

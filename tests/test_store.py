@@ -170,7 +170,7 @@ def test_tiers_are_clamped_to_the_table(tmp_path):
                                                                    ram_rows=10**8)) as s:
         assert (s.config.device_rows, s.config.ram_rows) == (600, 400)
         assert s.stats()["ram"]["capacity"] == 400
-        assert s._memory.nbytes() == 1000 * 64 * 2
+        assert s._memory.nbytes() <= 1000 * (64 * 2 + 40)     # slabs, and an index of 40 B a row
         s.lookup(np.arange(1000))
         assert s.stats()["misses"] == 1000 and s.lookup(np.arange(1000)).shape == (1000, 64)
         assert s.stats()["misses"] == 1000               # every row now in memory

@@ -13,6 +13,13 @@ class TestHostMemory(HostLookupTierTests):
         return tier
 
 
+class TestHostMemoryByIndex(DeviceLookupTierTests):
+    """The same tier's lookups through its index (large lookups on device="cpu")."""
+
+    def make_tier(self, device_rows, ram_rows, dim, dtype):
+        return HostMemory(device_rows, ram_rows, dim, dtype)
+
+
 class TestCudaMemory(DeviceLookupTierTests):
     def make_tier(self, device_rows, ram_rows, dim, dtype):
         torch = pytest.importorskip("torch")

@@ -50,6 +50,8 @@ class BenchSpec:
 class StreamResult:
     name: str
     hit: dict = field(default_factory=dict)        # policy -> (device, ram, combined)
+    hit_at_lookup: float = 0.0                      # default policy: ids found in memory by lookups
+    hit_sync: float = 0.0                           # default policy, every batch planned at once
     ours_rate: float = 0.0                          # ids/s, default policy
     take_rate: float = 0.0                          # ids/s, np.take over the whole table
 
@@ -81,7 +83,15 @@ def _hit_ratios(before: dict, after: dict):
     return dev, ram, dev + ram
 
 
+def _hit_at_lookup(before: dict, after: dict) -> float:
+    """The share of ids that lookups through the index found in memory (before any planning)."""
+    ids = after["indexed_lookup"]["ids"] - before["indexed_lookup"]["ids"]
+    missed = after["indexed_lookup"]["through_host"] - before["indexed_lookup"]["through_host"]
+    return 1.0 - missed / ids if ids else float("nan")
+
+
 def _run_stream(path, spec, policy, ids, table, time_baseline):
+    """(planner's hit ratios, hit ratio at lookup, our rate, np.take's rate)."""
     config = StoreConfig(device_rows=spec.config.device_rows, ram_rows=spec.config.ram_rows,
                          policy=policy)
     batches = ids.reshape(-1, spec.batch)
@@ -100,9 +110,24 @@ def _run_stream(path, spec, policy, ids, table, time_baseline):
                 if not np.array_equal(got, want):
                     raise AssertionError(f"store returned wrong rows ({policy})")
             ours += t1 - t0
-        ratios = _hit_ratios(before, store.stats())
+        after = store.stats()
     n = spec.timed * spec.batch
-    return ratios, n / ours, (n / take if take else 0.0)
+    return (_hit_ratios(before, after), _hit_at_lookup(before, after), n / ours,
+            (n / take if take else 0.0))
+
+
+def _sync_hit_ratio(path, spec, ids) -> float:
+    """The default policy's combined hit ratio with every batch planned before the next
+    lookup (``lookup_async`` plans on its worker, holding the store): the figure the
+    planner thread's delay and sampling must keep."""
+    batches = ids.reshape(-1, spec.batch)
+    with api.open(path, config=spec.config) as store:
+        for b in batches[:spec.warmup]:
+            store.lookup_async(b).wait()
+        before = store.stats()
+        for b in batches[spec.warmup:]:
+            store.lookup_async(b).wait()
+        return _hit_ratios(before, store.stats())[2]
 
 
 def _resident_path(path, spec, table):
@@ -130,25 +155,48 @@ def _resident_path(path, spec, table):
     return ours, take, hit
 
 
+def _raw_reads(store, uniq, spec):
+    """The baseline: a bare py-lmdb get + np.frombuffer loop over sorted keys."""
+    env, db = store.disk.env, store.disk.rows_db
+    out = np.empty((len(uniq), spec.dim), dtype=spec.dtype)
+    with env.begin(db=db) as txn:
+        for k, key in enumerate(row_keys(np.sort(uniq))):
+            out[k] = np.frombuffer(txn.get(key), dtype=spec.dtype, count=spec.dim)
+
+
+COLD_BATCHES = 4
+
+
 def _cold_path(path, spec):
-    """Lookups that all miss: our whole path against a bare py-lmdb get + decode loop."""
+    """Lookups that all miss: our whole path against a bare py-lmdb get + decode loop, batch
+    by batch; then the same batches with the next one's rows prefetched (read on the
+    store's worker while the caller looks up the current one), against the loop over all."""
     tiny = StoreConfig(device_rows=16, ram_rows=16)
-    ids = uniform_ids(spec.rows, spec.batch * 4, seed=spec.seed + 11).reshape(4, -1)
+    ids = uniform_ids(spec.rows, spec.batch * 2 * COLD_BATCHES, seed=spec.seed + 11)
+    batches = [dedupe(b)[0] for b in ids.reshape(2 * COLD_BATCHES, -1)]
+    plain, ahead = batches[:COLD_BATCHES], batches[COLD_BATCHES:]
     ours = raw = 0.0
     with api.open(path, config=tiny) as store:
-        env, db = store.disk.env, store.disk.rows_db
-        for b in ids:
-            uniq = dedupe(b)[0]
+        for uniq in plain:
             t0 = time.perf_counter()
             store.lookup(uniq)
             t1 = time.perf_counter()
-            out = np.empty((len(uniq), spec.dim), dtype=spec.dtype)
-            with env.begin(db=db) as txn:
-                for k, key in enumerate(row_keys(np.sort(uniq))):
-                    out[k] = np.frombuffer(txn.get(key), dtype=spec.dtype, count=spec.dim)
+            _raw_reads(store, uniq, spec)
             raw += time.perf_counter() - t1
             ours += t1 - t0
-    return ours, raw
+        t0 = time.perf_counter()
+        staged = store.prefetch(ahead[0])
+        for k, uniq in enumerate(ahead):
+            staged.wait()
+            if k + 1 < len(ahead):
+                staged = store.prefetch(ahead[k + 1])
+            store.lookup(uniq)
+        ours_ahead = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for uniq in ahead:
+            _raw_reads(store, uniq, spec)
+        raw_ahead = time.perf_counter() - t0
+    return (ours, raw, sum(map(len, plain))), (ours_ahead, raw_ahead, sum(map(len, ahead)))
 
 
 def _codec_sizes(workdir, spec, table, done):
@@ -207,18 +255,20 @@ def _run(spec, workdir, path, out, progress):
             res = StreamResult(name)
             for policy in spec.policies:
                 bar.set_postfix_str(f"{name[:30]}, {policy}")
-                ratios, ours, take = _run_stream(path, spec, policy, ids, table,
-                                                 time_baseline=policy == spec.policies[0])
+                ratios, at_lookup, ours, take = _run_stream(
+                    path, spec, policy, ids, table, time_baseline=policy == spec.policies[0])
                 res.hit[policy] = ratios
                 if policy == spec.policies[0]:
                     res.ours_rate, res.take_rate = ours, take
+                    res.hit_at_lookup = at_lookup
+                    res.hit_sync = _sync_hit_ratio(path, spec, ids)
                 bar.update(1)
             results.append(res)
         bar.set_postfix_str("resident path")
         ours, take, hit = _resident_path(path, spec, table)
         bar.update(1)
         bar.set_postfix_str("cold path")
-        cold_ours, cold_raw = _cold_path(path, spec)
+        (cold_ours, cold_raw, n_cold), (ahead_ours, ahead_raw, n_ahead) = _cold_path(path, spec)
         bar.update(1)
         bar.set_postfix_str("codecs")
         sizes = _codec_sizes(workdir, spec, table, lambda name: bar.update(1))
@@ -231,6 +281,14 @@ def _run(spec, workdir, path, out, progress):
         d, m, c = r.hit[default]
         out(f"| {r.name} | {r.ours_rate / 1e6:.2f} | {r.take_rate / 1e6:.2f} | "
             f"{r.ours_rate / r.take_rate:.2f} | {d:.3f} | {m:.3f} | {1 - c:.3f} |")
+
+    out(f"\nHit ratio of the {default} policy: ids found in memory by the lookups (planning on the "
+        "planner thread, sampled), the planner's count, and every batch planned at once")
+    out("| stream | at lookup | planner's count | planned at once | at lookup - at once |")
+    out("|---|---:|---:|---:|---:|")
+    for r in results:
+        out(f"| {r.name} | {r.hit_at_lookup:.4f} | {r.hit[default][2]:.4f} | {r.hit_sync:.4f} | "
+            f"{r.hit_at_lookup - r.hit_sync:+.4f} |")
 
     out("\nCombined (device + RAM) hit ratio by policy, same stream, same tier sizes")
     out("| stream | " + " | ".join(spec.policies) + " | ours - max(lru, lfu) |")
@@ -246,9 +304,10 @@ def _run(spec, workdir, path, out, progress):
     out("|---|---:|---|---:|---:|")
     out(f"| resident (hit ratio {hit:.3f}) | {n / ours / 1e6:.2f} | np.take, whole table in RAM | "
         f"{n / take / 1e6:.2f} | {take / ours:.2f} |")
-    n_cold = 4 * spec.batch
     out(f"| cold (all misses) | {n_cold / cold_ours / 1e6:.2f} | py-lmdb get + np.frombuffer loop | "
         f"{n_cold / cold_raw / 1e6:.2f} | {cold_raw / cold_ours:.2f} |")
+    out(f"| cold, next batch prefetched | {n_ahead / ahead_ours / 1e6:.2f} | the same loop | "
+        f"{n_ahead / ahead_raw / 1e6:.2f} | {ahead_raw / ahead_ours:.2f} |")
 
     if sizes:
         out(f"\nBytes on disk per row by codec ({spec.codec_rows:,} rows of the table, "
@@ -257,5 +316,6 @@ def _run(spec, workdir, path, out, progress):
         out("|---|---:|---:|---:|---:|---:|")
         for name, per_row, rel, read, write, err in sizes:
             out(f"| {name} | {per_row:.1f} | {rel:.2f} | {read / 1e6:.2f} | {write / 1e6:.2f} | {err:.2g} |")
-    return {"streams": results, "resident": (ours, take, hit), "cold": (cold_ours, cold_raw),
+    return {"streams": results, "resident": (ours, take, hit),
+            "cold": (cold_ours, cold_raw, ahead_ours, ahead_raw),
             "codecs": sizes}

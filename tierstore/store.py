@@ -20,7 +20,7 @@ from .progress import progress as progress_bar
 from .table import TableFormat
 from .table_store import TableStore
 from .tier_sizes import check_fits, fitted_config
-from .tiers.base import DeviceLookupTier
+from .tiers.base import DeviceLookupTier, HostLookupTier
 from .tiers.disk import DiskTier
 from .tiers.memory import HostMemory
 from .validation import as_id_array, as_id_tensor, as_rows, is_torch_tensor
@@ -28,7 +28,7 @@ from .warmstart import admit_ready, start_warm
 from .writeback import WriteBackBuffer
 
 CREATE_CHUNK = 1 << 16
-DEFER_PLAN_MIN_IDS = 8192    # smaller batches plan at once: a thread hand-off costs more
+LOGGED_LOOKUP_MIN_IDS = 8192  # device="cpu": smaller lookups plan at once (see lookup)
 PREFETCH_MIN_ROWS = 1 << 18
 WRITEBACK_MIN_ROWS = 1 << 12
 ACCESS_LOG_MAX_IDS = 1 << 20  # logged ids waiting for the planner; beyond, lookups go unplanned
@@ -117,18 +117,20 @@ class Store(TableStore):
         self._closed = False
         self._staging = Staging(limit_rows=max(4 * config.memory_rows, PREFETCH_MIN_ROWS))
         self._prefetcher: ThreadPoolExecutor | None = None
-        self._planner: ThreadPoolExecutor | None = None      # plans large lookups' moves
-        self._planning = None                                # the future of that planning
-        # device="cuda": lookups run on the GPU and log their ids; the planner thread plans
-        # the logged batches under the lock, while lookups of resident rows go on without it
-        self._on_gpu = isinstance(self._memory, DeviceLookupTier)
+        self._planner: ThreadPoolExecutor | None = None      # plans logged lookups' moves
+        # lookups through the tier's own index (every lookup on device="cuda", large ones on
+        # "cpu") log their ids; the planner thread plans the logged batches under the lock,
+        # while lookups of resident rows go on without it
+        self._on_gpu = not isinstance(self._memory, HostLookupTier)
+        self._indexed = isinstance(self._memory, DeviceLookupTier)
         self._log_lock = threading.Lock()
         self._access_log = []          # lookups (Pending) not yet planned
         self._log_ids = 0
         self._log_dropped = 0
-        self._gpu_lookup = {"ids": 0, "through_host": 0}    # at lookup time, before any planning
+        self._indexed_lookup = {"ids": 0, "through_host": 0}   # at lookup time, before planning
         self._log_scheduled = False
-        self._gpu_planning = None      # the future of the last planning round submitted
+        self._log_planning = None      # the future of the last planning round submitted
+        self._admitting = None         # the round that plans the last logged lookup with misses
         self._write_gen = 0          # bumped by every update
         self._recent_writes = []     # (gen, ids) of updates while prefetches are in flight
         self._inflight = 0
@@ -162,13 +164,30 @@ class Store(TableStore):
         numpy ids give a numpy array; torch ids give a torch tensor (on the
         store's device when it is CUDA). On a CUDA store every lookup gives a CUDA
         tensor, ready on the caller's current stream.
+
+        On a CPU store a lookup of at least ``LOGGED_LOOKUP_MIN_IDS`` ids goes through the
+        tier's index, as on CUDA, and leaves its planning to the planner thread; smaller
+        ones (where a thread hand-off costs more than the planning) plan at once.
         """
         if self._on_gpu:
             return self._memory.deliver(self._lookup_on_gpu(self._gpu_ids(ids)))
+        id_array = as_id_array(ids, self.num_rows)
+        if self._indexed and id_array.size >= LOGGED_LOOKUP_MIN_IDS:
+            admitting = self._admitting
+            if admitting is not None:
+                # the rows an earlier lookup missed enter memory before this one probes it:
+                # admissions are never a batch late (the hit ratio of planning at once), while
+                # the planning of lookups that all hit stays off this path
+                admitting.result()
+            out = self._lookup_on_gpu(id_array)
+            if is_torch_tensor(ids):
+                from .tiers._torch import torch_module
+
+                out = torch_module().from_numpy(out)
+            return out
         with self._exclusive():
             self._check_open()
-            ready = self._lookup(as_id_array(ids, self.num_rows), is_torch_tensor(ids),
-                                 defer_plan=True)
+            ready = self._lookup(id_array, is_torch_tensor(ids))
         return self._memory.deliver(ready)
 
     def lookup_async(self, ids) -> LookupHandle:
@@ -277,8 +296,8 @@ class Store(TableStore):
         too (the host read those anyway, and the policy should see each one to admit it)."""
         with self._log_lock:
             n = int(np.prod(pending.shape))
-            self._gpu_lookup["ids"] += n
-            self._gpu_lookup["through_host"] += missed
+            self._indexed_lookup["ids"] += n
+            self._indexed_lookup["through_host"] += missed
             if pending.log_weight == 1:      # every id is in the sample already
                 missed_ids, missed_counts = missed_ids[:0], missed_counts[:0]
             logged = n // pending.log_weight + len(missed_ids)
@@ -291,7 +310,9 @@ class Store(TableStore):
                 self._log_scheduled = True
                 if self._planner is None:
                     self._planner = ThreadPoolExecutor(1, thread_name_prefix="tierstore-planner")
-                self._gpu_planning = self._planner.submit(self._plan_logged)
+                self._log_planning = self._planner.submit(self._plan_logged)
+            if missed:
+                self._admitting = self._log_planning
 
     def _plan_logged(self):
         """The planner thread's round: the lookups logged since the last round, as one batch."""
@@ -323,14 +344,12 @@ class Store(TableStore):
             self._plan_and_move(uniq, counts, entries, start, rows)
             self._memory.commit()
 
-    def _lookup(self, id_array, as_torch, handle=None, defer_plan=False):
+    def _lookup(self, id_array, as_torch, handle=None):
         """The rows of ``id_array``, ready for ``memory.deliver``; then the policy moves rows.
 
         The output depends only on where rows were when the batch began, so it is issued
         before the planning: a lookup run ahead hands it to ``handle`` at once, and the
-        caller's model can use it while this thread goes on planning. With ``defer_plan``,
-        a batch of at least ``DEFER_PLAN_MIN_IDS`` unique ids is planned on the planner
-        thread instead, while the caller goes on; the next call on the store waits for it."""
+        caller's model can use it while this thread goes on planning."""
         uniq, inverse, counts = dedupe(id_array.reshape(-1))
         if handle is not None:
             handle.uniq = uniq
@@ -342,13 +361,7 @@ class Store(TableStore):
             raise
         if handle is not None:
             handle.publish(ready, self._disk_rows_read - handle.disk_rows_before)
-        if defer_plan and len(uniq) >= DEFER_PLAN_MIN_IDS:
-            if self._planner is None:
-                self._planner = ThreadPoolExecutor(1, thread_name_prefix="tierstore-planner")
-            self._planning = self._planner.submit(self._plan_and_end, uniq, counts, entries,
-                                                  start, rows)
-        else:
-            self._plan_and_end(uniq, counts, entries, start, rows)
+        self._plan_and_end(uniq, counts, entries, start, rows)
         return ready
 
     def _plan_and_end(self, uniq, counts, entries, start, rows):
@@ -362,14 +375,11 @@ class Store(TableStore):
 
     @contextmanager
     def _exclusive(self):
-        """The store's lock, once the planning of earlier lookups (if deferred) is done."""
-        gpu_planning = self._gpu_planning
-        if gpu_planning is not None:      # it takes the lock itself: wait outside it
-            gpu_planning.result()
+        """The store's lock, once the planning of the lookups logged before is done."""
+        log_planning = self._log_planning
+        if log_planning is not None:      # it takes the lock itself: wait outside it
+            log_planning.result()
         with self._lock:
-            planning, self._planning = self._planning, None
-            if planning is not None:
-                planning.result()
             if self._warms:     # warm chunks read in the background enter memory here
                 admit_ready(self)
             yield
@@ -662,9 +672,10 @@ class Store(TableStore):
             "window_rows": int(m[S.WINDOW_CAP]),
             "pending_writebacks": len(self._writeback),
             "prefetch": dict(self._prefetch_stats, staged_rows=self._staging.rows),
-            # device="cuda": ids looked up on the GPU, those it found in neither tier (which
-            # the host read), and those the planner, behind, never counted in the figures above
-            "gpu_lookup": dict(self._gpu_lookup, unplanned=self._log_dropped),
+            # lookups through the tier's index (device="cuda", large ones on "cpu"): ids looked
+            # up, those found in neither tier at lookup time (which the host read), and those
+            # the planner, behind, never counted in the figures above
+            "indexed_lookup": dict(self._indexed_lookup, unplanned=self._log_dropped),
             "bookkeeping_bytes": self._state.nbytes(),
         }
 

@@ -30,15 +30,17 @@ def fitted_config(config: StoreConfig, num_rows: int) -> StoreConfig:
 
 def host_bytes(config: StoreConfig, row_bytes: int) -> int:
     """Host memory the tiers take when allocated: both slabs (on ``device="cuda"`` the
-    device slab's host shadow, see tiers/cuda.py) plus the policy's bookkeeping,
-    estimated from a small sample."""
+    device slab's host shadow, see tiers/cuda.py), their index, plus the policy's
+    bookkeeping, estimated from a small sample."""
     from .policy.state import CacheState
+    from .tiers.memory import index_bytes
 
     capacity = config.memory_rows
     slab_rows = capacity
     sample = min(capacity, SAMPLE_SLOTS)
     per_slot = CacheState.new(0, sample, config.policy).nbytes() / sample
-    return slab_rows * row_bytes + int(BOOKKEEPING_MARGIN * per_slot * capacity)
+    return (slab_rows * row_bytes + index_bytes(capacity)
+            + int(BOOKKEEPING_MARGIN * per_slot * capacity))
 
 
 def available_bytes() -> int | None:

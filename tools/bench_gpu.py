@@ -406,13 +406,13 @@ def tier_hits(before, after):
     """Shares of the timed lookups by tier as the planner counted them, and (``at_lookup``)
     the share that the GPU found in neither tier when it looked them up."""
     look = after["lookups"] - before["lookups"]
-    gpu_ids = after["gpu_lookup"]["ids"] - before["gpu_lookup"]["ids"]
-    through_host = after["gpu_lookup"]["through_host"] - before["gpu_lookup"]["through_host"]
+    gpu_ids = after["indexed_lookup"]["ids"] - before["indexed_lookup"]["ids"]
+    through_host = after["indexed_lookup"]["through_host"] - before["indexed_lookup"]["through_host"]
     return {"device": (after["device"]["hits"] - before["device"]["hits"]) / look,
             "ram": (after["ram"]["hits"] - before["ram"]["hits"]) / look,
             "disk": (after["misses"] - before["misses"]) / look,
             "at_lookup": through_host / gpu_ids if gpu_ids else None,
-            "unplanned": after["gpu_lookup"]["unplanned"] - before["gpu_lookup"]["unplanned"]}
+            "unplanned": after["indexed_lookup"]["unplanned"] - before["indexed_lookup"]["unplanned"]}
 
 
 def synchronous_miss_ratio(path, setup, hasher, tokens):
