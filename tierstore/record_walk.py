@@ -6,7 +6,7 @@ a damaged sibling page. So ``salvage`` walks in a child process, which streams b
 records down a pipe: a damaged page ends the child, not the caller, and the caller knows
 how far the walk got (it then probes the ids after that point one by one, and walks on).
 
-The child runs this file (``ENV MAP_SIZE START BATCH``): it imports only the standard
+The child runs this file (``ENV MAP_SIZE START BATCH LOCK``): it imports only the standard
 library and lmdb. Its output is a sequence of batches, each
 ``<count:u32> <keys: count x 8 bytes> <lengths: count x u32 LE> <values>``, and a count of
 0 once the table is walked to its end.
@@ -30,14 +30,18 @@ class RecordWalk:
     child process. Iterate :meth:`batches`; afterwards ``complete`` says whether the walk
     reached the table's end (False: the child died or met damage after the last batch)."""
 
-    def __init__(self, env_path, map_size: int, start: int, batch: int = BATCH):
+    def __init__(self, env_path, map_size: int, start: int, batch: int = BATCH,
+                 lock: bool = False):
+        """``lock``: take a reader slot in ``lock.mdb``, for a walk beside a writer that may
+        commit meanwhile (salvage holds the writer lock, so it walks without one)."""
         self.complete = False
+        self.error = ""   # what the child said when it stopped short
         # run_path, not ``python FILE``: that would put this package's folder first on
         # sys.path, where its modules shadow the standard library's (profile, codecs)
         self._proc = subprocess.Popen(
             [sys.executable, "-c", "import runpy, sys; runpy.run_path(sys.argv[1], "
              "run_name='__main__')", os.path.abspath(__file__), os.fspath(env_path),
-             str(map_size), str(start), str(batch)],
+             str(map_size), str(start), str(batch), str(int(lock))],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def batches(self):
@@ -70,13 +74,15 @@ class RecordWalk:
         """Wait for the child (stopped first when the walk was left part way)."""
         if not self.complete and self._proc.poll() is None:
             self._proc.kill()
-        self._proc.communicate()
+        err = self._proc.communicate()[1]
         if self._proc.returncode != 0:
             self.complete = False
+            self.error = (err.decode(errors="replace").strip().splitlines() or [""])[-1] or \
+                f"the walking process ended with status {self._proc.returncode}"
 
 
-def _walk(env_path: str, map_size: int, start: int, batch: int) -> int:
-    env = lmdb.open(env_path, map_size=map_size, max_dbs=2, readonly=True, lock=False,
+def _walk(env_path: str, map_size: int, start: int, batch: int, lock: bool) -> int:
+    env = lmdb.open(env_path, map_size=map_size, max_dbs=2, readonly=True, lock=lock,
                     readahead=False, create=False)
     out = sys.stdout.buffer
     try:
@@ -115,5 +121,6 @@ def _walk(env_path: str, map_size: int, start: int, batch: int) -> int:
 
 
 if __name__ == "__main__":
-    # argv: [this file, ENV, MAP_SIZE, START, BATCH]
-    sys.exit(_walk(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])))
+    # argv: [this file, ENV, MAP_SIZE, START, BATCH, LOCK]
+    sys.exit(_walk(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
+                   sys.argv[6] == "1"))

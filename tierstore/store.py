@@ -17,6 +17,7 @@ from .policy import state as S
 from .policy.partitions import PartitionedState
 from .prefetch import LookupHandle, PrefetchHandle, Staging
 from .progress import progress as progress_bar
+from .record_walk import RecordWalk
 from .table import TableFormat
 from .table_store import TableStore
 from .tier_sizes import check_fits, fitted_config
@@ -687,9 +688,13 @@ class Store(TableStore):
             report = CheckReport(rows_checked=0)
             scratch = np.empty((CREATE_CHUNK, self.dim), dtype=self.dtype)
             expected = 0   # the next id a store with a record per row must hold
+            # the walk runs in a child process: LMDB's cursor aborts (or faults) on a damaged
+            # page, which must end the child, not the caller
+            walk = RecordWalk(self.path, self._disk.env.info()["map_size"], 0, lock=True)
             with progress_bar(self._disk.stored_rows(), f"check {self.path.name}",
                               enabled=progress) as bar:
-                for batch in self._disk.scan(CREATE_CHUNK):
+                for keys, values in walk.batches():
+                    batch = list(zip((keys[k:k + 8] for k in range(0, len(keys), 8)), values))
                     ids, values = self._parse_keys(batch, report)
                     report.rows_checked += len(batch)
                     if len(ids):
@@ -697,7 +702,11 @@ class Store(TableStore):
                         if self.format.every_row_stored:
                             expected = _note_gaps(ids, expected, report.missing_runs)
                     bar.update(len(batch))
-            if self.format.every_row_stored and expected < self.num_rows:
+            if not walk.complete:
+                report.problems.append(
+                    f"LMDB pages are damaged: the walk of the records stopped after "
+                    f"{report.rows_checked} of them ({walk.error}); salvage the store")
+            elif self.format.every_row_stored and expected < self.num_rows:
                 report.missing_runs.append((expected, self.num_rows))
             code = self._state.check_invariants()
             if code:

@@ -30,6 +30,7 @@ from ..errors import (ConfigError, CorruptRowError, CorruptStoreError, DiskFullE
                       StorePermissionError)
 from ..kernels.codec import frame_rows, frame_word_rows, verify_frames
 from ..table import TableFormat
+from .lmdb_files import check_lock_file, check_meta_pages
 from .format import (DICT_KEY, FORMAT_VERSION, META_DB, META_KEY, ROWS_DB, decode_meta, encode_meta,
                      frame, row_keys, unframe_record)
 
@@ -138,6 +139,8 @@ def _acquire_env(path: Path, map_size: int, readonly: bool, create: bool):
                     "close those handles before opening it for writing")
             entry[2] += 1
             return entry[0], entry[3]
+        if not create:
+            check_lock_file(Path(path))   # only here: the process has no descriptor of it open
         # a store being built commits without fsync: it is synced once, by commit_meta,
         # before anything can find it
         env = lmdb.open(str(path), map_size=map_size, max_dbs=2, readonly=readonly,
@@ -210,6 +213,7 @@ class DiskTier:
         try:
             if _create is None:
                 self._check_files()
+                check_meta_pages(self.path / "data.mdb")
             if not readonly and self._lock_fd is None:
                 self._take_writer_lock()
             if _create is not None:
