@@ -5,7 +5,14 @@ Each case is in docs/BAD_INPUT.md ("Data safety").
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import zlib
+from pathlib import Path
 
 import lmdb
 import numpy as np
@@ -15,8 +22,14 @@ from damage import delete_record, meta_txnids, roll_back
 import tierstore as ts
 from tierstore.salvage import salvage
 
+REPO = Path(__file__).resolve().parents[1]
 NUM_ROWS, DIM = 3000, 8
 TINY = ts.StoreConfig(device_rows=2, ram_rows=6, map_size=1 << 22)
+
+
+def child_env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 @pytest.fixture
@@ -195,3 +208,243 @@ def test_crafted_metadata_is_refused_naming_the_field(stored, change, exc, fragm
     for readonly in (True, False):
         with pytest.raises(exc, match=fragment):
             ts.open(path, TINY, readonly=readonly)
+
+
+# -- 8. reader slots of readers killed inside a read --------------------------------------------
+READER = r"""
+import sys, time
+import tierstore as ts
+store = ts.open(sys.argv[1], ts.StoreConfig(device_rows=1, ram_rows=1), readonly=True)
+txn = store.disk.env.begin()       # inside a read transaction
+print("reading", flush=True)
+time.sleep(600)
+"""
+
+
+def _killed_reader(path) -> int:
+    """The pid of a reader SIGKILLed inside a read transaction (its slot left behind)."""
+    proc = subprocess.Popen([sys.executable, "-c", READER, str(path)], stdout=subprocess.PIPE,
+                            env=child_env())
+    assert proc.stdout.readline().strip() == b"reading"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc.pid
+
+
+READERS = r"""
+import sys
+import lmdb
+env = lmdb.open(sys.argv[1], max_dbs=2, readonly=True)
+print(" ".join(line.split()[0] for line in env.readers().splitlines()[1:] if line.strip()))
+"""
+
+
+def _reader_pids(path) -> set:
+    """The pids in the store's reader table, read by another process (this one may have the
+    environment open, and LMDB forbids a second one in a process)."""
+    out = subprocess.run([sys.executable, "-c", READERS, str(path)], capture_output=True,
+                         text=True, timeout=60, env=child_env())
+    return set(map(int, out.stdout.split()))
+
+
+def test_stale_readers_are_cleared_at_open_and_at_every_flush(stored):
+    """A process that keeps the store open keeps LMDB from resetting its reader table, so a
+    reader killed inside a read leaves its slot, pinning the pages of its snapshot."""
+    path, table = stored
+    holder = subprocess.Popen([sys.executable, "-c", LOCKED_OPEN, str(path)],
+                              stdout=subprocess.PIPE, env=child_env())
+    try:
+        assert holder.stdout.readline().strip() == b"open"
+        dead = _killed_reader(path)
+        assert dead in _reader_pids(path)
+        with ts.open(path, TINY) as store:                 # at open
+            assert dead not in _reader_pids(path)
+            dead = _killed_reader(path)                     # one killed while the writer runs
+            assert dead in _reader_pids(path)
+            store.update([3], np.zeros((1, DIM), np.float32))
+            store.flush()                                   # at the flush
+            assert dead not in _reader_pids(path)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# -- 9. damaged LMDB files: a named error, never a crash of the process -----------------------
+META_SWEEP = r"""
+import sys
+from pathlib import Path
+import numpy as np
+import tierstore as ts
+path, mask = Path(sys.argv[1]), int(sys.argv[2])
+cfg = ts.StoreConfig(device_rows=1, ram_rows=2, map_size=1 << 20)
+data, commit = (path / "data.mdb").read_bytes(), (path / "last_commit").read_bytes()
+for at in [page * 4096 + offset for page in (0, 1) for offset in range(160)]:
+    damaged = bytearray(data)
+    damaged[at] ^= mask
+    (path / "data.mdb").write_bytes(bytes(damaged))
+    (path / "last_commit").write_bytes(commit)
+    (path / "lock.mdb").unlink(missing_ok=True)
+    try:
+        with ts.open(path, cfg) as store:
+            store.lookup(np.arange(50))
+            store.update([1], np.zeros((1, 4), np.float32))
+            store.flush()
+        print(at, "ok", flush=True)
+    except ts.TierstoreError as exc:
+        print(at, type(exc).__name__, flush=True)
+"""
+
+
+@pytest.mark.parametrize("mask", [0xFF, 0x40, 0x04])
+def test_every_byte_of_the_meta_pages_flipped(tmp_path, mask):
+    """Each byte of LMDB's two meta pages flipped in turn, then open, read, write, flush:
+    a named error or a working store, and the process lives (one flip of 0xFF in the
+    free-page tree's flags used to abort it on the first write)."""
+    path = tmp_path / "s"
+    ts.create(path, 50, 4, "float32", init=np.ones((50, 4)), config=TINY).close()
+    with ts.open(path, TINY) as store:
+        store.update([2], np.zeros((1, 4), np.float32))
+    out = subprocess.run([sys.executable, "-c", META_SWEEP, str(path), str(mask)],
+                         capture_output=True, text=True, timeout=300, env=child_env())
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0, f"died after {lines[-1:]}: {out.stderr[-300:]}"
+    assert len(lines) == 320
+    outcomes = {line.split()[1] for line in lines}
+    assert outcomes <= {"ok", "CorruptStoreError", "NotAStoreError", "RolledBackStoreError"}
+    assert "CorruptStoreError" in outcomes and "ok" in outcomes
+
+
+LOCKED_OPEN = r"""
+import sys, time
+import tierstore as ts
+store = ts.open(sys.argv[1], ts.StoreConfig(device_rows=1, ram_rows=1), readonly=True)
+print("open", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_lock_file_cut_short_beside_an_open_process(stored):
+    path, table = stored
+    proc = subprocess.Popen([sys.executable, "-c", LOCKED_OPEN, str(path)], stdout=subprocess.PIPE,
+                            env=child_env())
+    try:
+        assert proc.stdout.readline().strip() == b"open"
+        os.truncate(path / "lock.mdb", 100)
+        with pytest.raises(ts.CorruptStoreError, match="lock.mdb: cut short .100 bytes. while another"):
+            ts.open(path, TINY, readonly=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    with ts.open(path, TINY, readonly=True) as store:   # alone, LMDB rebuilds it
+        np.testing.assert_array_equal(store.lookup([4]), table[[4]])
+
+
+def test_check_survives_a_flipped_byte_in_a_leaf_page(stored):
+    """check() walks in a child process: a fault there is reported as damage."""
+    path, table = stored
+    blob = bytearray((path / "data.mdb").read_bytes())
+    at = blob.find(table[1500].tobytes())
+    page = at // 4096 * 4096
+    blob[page + 12] ^= 0x40     # the page's lower bound: LMDB reads nodes from garbage offsets
+    (path / "data.mdb").write_bytes(bytes(blob))
+    out = subprocess.run([sys.executable, "-c", CHECK, str(path)], capture_output=True, text=True,
+                         timeout=120, env=child_env())
+    assert out.returncode == 0, out.stderr[-300:]
+    assert out.stdout.startswith("report False"), out.stdout
+
+
+CHECK = r"""
+import sys
+import tierstore as ts
+with ts.open(sys.argv[1], readonly=True) as ro:
+    print("report", ro.check().ok)
+"""
+
+
+# -- 10. a failed open releases everything; permission; a killed build -------------------------
+def test_a_failed_open_leaves_no_lock_behind(stored):
+    path, table = stored
+    good = _read_meta(path)
+    _rewrite_meta(path, _set(dtype="U1"))
+    for readonly in (False, True, False):
+        with pytest.raises(ts.CorruptStoreError, match="field dtype"):
+            ts.open(path, TINY, readonly=readonly)
+    _rewrite_meta(path, lambda doc: good)
+    with ts.open(path, TINY) as store:                # the same process: no StoreLockedError
+        np.testing.assert_array_equal(store.lookup([9]), table[[9]])
+    out = subprocess.run([sys.executable, "-c", CHECK, str(path)], capture_output=True, text=True,
+                         timeout=120, env=child_env())
+    assert out.stdout.startswith("report True"), out.stderr[-300:]
+
+
+def _read_meta(path) -> bytes:
+    env = lmdb.open(str(path), max_dbs=2, readonly=True)
+    with env.begin(db=env.open_db(b"meta", create=False)) as txn:
+        value = bytes(txn.get(b"meta"))[:-4]
+    env.close()
+    return value
+
+
+AS_NOBODY = r"""
+import contextlib, importlib, os, sys
+import tierstore as ts
+with contextlib.suppress(ImportError):   # lmdb loads it lazily, from where nobody may not read
+    importlib.import_module("lmdb._envid")
+if os.geteuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)
+for readonly in (True, False):
+    try:
+        ts.open(sys.argv[1], ts.StoreConfig(device_rows=1, ram_rows=1), readonly=readonly).close()
+        print("opened")
+    except ts.StorePermissionError as exc:
+        print("StorePermissionError", isinstance(exc, PermissionError), exc)
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+"""
+
+
+def test_a_store_the_user_may_not_write_says_permission(tmp_path):
+    """Read-only files in a read-only folder: an open, read-only or not, says permission (it
+    said CorruptStoreError). As root the child runs as nobody (root may write anything)."""
+    root = Path(tempfile.mkdtemp(prefix="tierstore-perm-"))   # outside pytest's 0700 folder
+    os.chmod(root, 0o755)
+    path = root / "s"
+    ts.create(path, 10, 4, "float32", config=TINY).close()
+    os.chmod(path, 0o555)
+    for name in os.listdir(path):
+        os.chmod(path / name, 0o444)
+    try:
+        out = subprocess.run([sys.executable, "-c", AS_NOBODY, str(path)], capture_output=True,
+                             text=True, timeout=120, env=child_env())
+    finally:
+        os.chmod(path, 0o755)
+        shutil.rmtree(root)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, out.stderr[-300:]
+    assert all(line.startswith("StorePermissionError True") for line in lines), lines
+    assert "permission denied" in lines[0]
+
+
+def test_open_and_a_rerun_agree_after_a_killed_import(tmp_path):
+    """An import into an existing empty folder, SIGKILLed part way: ``open`` said "not a
+    store" while a re-run without --overwrite said "a store already exists"."""
+    np.save(tmp_path / "src.npy", np.ones((3 * 65536, 4), np.float32))
+    dst = tmp_path / "dst"
+    dst.mkdir()
+
+    def cli(*args, **env):
+        return subprocess.run([sys.executable, "-m", "tierstore", *map(str, args)], text=True,
+                              capture_output=True, timeout=300, env={**child_env(), **env})
+
+    killed = cli("import", tmp_path / "src.npy", dst, "-q", TIERSTORE_KILL_AT="chunk")
+    assert killed.returncode == -signal.SIGKILL
+    with pytest.raises(ts.NotAStoreError, match="without tierstore metadata") as opened:
+        ts.open(dst, TINY, readonly=True)
+    rerun = cli("import", tmp_path / "src.npy", dst, "-q")
+    assert rerun.returncode != 0
+    assert "do not open as a store" in rerun.stderr and str(opened.value) in rerun.stderr
+    assert "a store already exists" not in rerun.stderr
+    assert cli("import", tmp_path / "src.npy", dst, "-q", "--overwrite").returncode == 0
+    with ts.open(dst, TINY, readonly=True) as store:
+        assert store.num_rows == 3 * 65536

@@ -11,13 +11,13 @@ import numpy as np
 from .build import StoreBuild, recover
 from .codecs import get_codec
 from .config import StoreConfig
-from .errors import ConfigError, RowShapeError
+from .errors import ConfigError, RowShapeError, StorePermissionError, TierstoreError
 from .progress import progress as progress_bar
 from .salvage import SalvageReport, salvage  # noqa: F401  (tierstore.api.salvage)
 from .store import CREATE_CHUNK, Store
 from .table import DTYPES, TableFormat, check_shape
 from .tier_sizes import check_fits, fitted_config
-from .tiers.disk import DiskTier
+from .tiers.disk import DiskTier, existing_store_error
 from .validation import as_rows
 
 TRAIN_SAMPLE_ROWS = 4096
@@ -48,7 +48,7 @@ def create(path, num_rows: int, dim: int, dtype="float16", init=None,
                         init_value=float(0 if init is None else init) if constant else None)
     path = Path(path)
     if (path / "data.mdb").exists() and not overwrite:
-        raise FileExistsError(f"{path}: a store already exists; pass overwrite=True to replace it")
+        raise existing_store_error(path)
     check_fits(fitted_config(config, num_rows), dim * dtype.itemsize, path)
     chunks = _init_chunks(init, table, codec)
     if codec.needs_training():
@@ -88,9 +88,14 @@ def open(path, config: StoreConfig | None = None, readonly: bool = False, *,
     ``(ids, counts)`` pair; its hottest rows are loaded into memory in the background
     (``store.warming.wait()`` waits for them; see :meth:`Store.warm`)."""
     config = _check_config(config)
-    recover(path)
-    disk = DiskTier(path, readonly=readonly, map_size=config.map_size,
-                    max_map_size=config.max_map_size)
+    try:
+        recover(path)
+        disk = DiskTier(path, readonly=readonly, map_size=config.map_size,
+                        max_map_size=config.max_map_size)
+    except PermissionError as exc:
+        if isinstance(exc, TierstoreError):
+            raise
+        raise StorePermissionError(f"{path}: permission denied ({exc})") from None
     try:
         table = disk.format
         if dim is not None and (isinstance(dim, bool) or dim != table.dim):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .errors import StoreLockedError
 from .optim import STATE_SUFFIX
-from .tiers.disk import LOCK_FILE, DiskTier, open_in_process
+from .tiers.disk import LOCK_FILE, DiskTier, existing_store_error, open_in_process
 from .table import TableFormat
 
 NEW_TAG = ".tierstore-new."
@@ -145,8 +145,7 @@ class StoreBuild:
         recover(self.path)
         if (self.path / "data.mdb").exists():
             if not overwrite:
-                raise FileExistsError(
-                    f"{self.path}: a store already exists; pass overwrite=True to replace it")
+                raise existing_store_error(self.path)
             if open_in_process(self.path):
                 raise StoreLockedError(f"{self.path}: another writer or reader in this process has "
                                        "the store open; "

@@ -49,7 +49,7 @@ from .errors import (ConfigError, CorruptRowError, CorruptStoreError, FormatVers
 from .progress import progress as progress_bar
 from .record_walk import BATCH, RecordWalk
 from .tiers.disk import (LOCK_FILE, MIN_FILE_BYTES, DiskTier, FramedRows, acknowledged_commit,
-                         rollback_problem)
+                         existing_store_error, rollback_problem)
 from .table import TableFormat
 from .tiers.format import DICT_KEY, META_DB, META_KEY, ROWS_DB, decode_meta, row_keys, unframe_record
 from .validation import check_int
@@ -168,7 +168,7 @@ def _check_paths(src: Path, dst: Path, overwrite: bool):
     if os.path.realpath(src) == os.path.realpath(dst):
         raise ConfigError(f"salvage needs a new destination, not the source itself ({dst})")
     if (dst / "data.mdb").exists() and not overwrite:
-        raise FileExistsError(f"{dst}: a store already exists; pass overwrite=True to replace it")
+        raise existing_store_error(dst)
 
 
 def _take_writer_lock(src: Path):

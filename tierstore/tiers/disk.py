@@ -27,7 +27,7 @@ import numpy as np
 from ..codecs import Codec, get_codec
 from ..errors import (ConfigError, CorruptRowError, CorruptStoreError, DiskFullError,
                       NotAStoreError, RolledBackStoreError, StoreLockedError,
-                      StorePermissionError)
+                      StorePermissionError, TierstoreError)
 from ..kernels.codec import frame_rows, frame_word_rows, verify_frames
 from ..table import TableFormat
 from .lmdb_files import check_lock_file, check_meta_pages
@@ -46,6 +46,19 @@ _ENVS: dict[str, list] = {}  # real path -> [environment, readonly, users, MapGu
 _ENVS_LOCK = threading.Lock()
 # LMDB errors that mean damaged pages (a read of them raises CorruptStoreError)
 _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError)
+
+
+def existing_store_error(path) -> FileExistsError:
+    """The error for creating at ``path``, which holds a ``data.mdb``, without overwrite; it
+    says what ``open`` says of it (a store, or files that are not one, such as those of a
+    create or import killed part way)."""
+    try:
+        DiskTier(path, readonly=True, map_size=MIN_FILE_BYTES, max_map_size=None).close()
+        what = "a store already exists"
+    except TierstoreError as exc:
+        what = (f"it holds files that do not open as a store ({exc}; a create or import "
+                "killed part way leaves such files)")
+    return FileExistsError(f"{path}: {what}; pass overwrite=True to replace it")
 
 
 def acknowledged_commit(folder: Path) -> int | None:
@@ -278,8 +291,7 @@ class DiskTier:
     def _clear_for_create(self, overwrite: bool):
         if (self.path / "data.mdb").exists():
             if not overwrite:
-                raise FileExistsError(
-                    f"{self.path}: a store already exists; pass overwrite=True to replace it")
+                raise existing_store_error(self.path)
             self._remove_files()
 
     def _remove_files(self):

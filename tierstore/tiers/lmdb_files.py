@@ -20,6 +20,10 @@ MAGIC = 0xBEEFC0DE
 DATA_VERSION = 1             # LMDB 0.9's data format
 P_META = 0x08
 P_INVALID = (1 << 64) - 1    # the root of an empty tree
+# the trees' flags as tierstore's environments hold them: MDB_INTEGERKEY on the free-page
+# tree (where LMDB also keeps the environment's persistent flags, none of which tierstore
+# sets), none on the main tree
+TREE_FLAGS = (0x08, 0x00)
 MAX_DEPTH = 64               # a B-tree of 2**64 keys is far shallower
 META_AT = 16                 # the page header, then MDB_meta
 _HEADER = struct.Struct("<QHH")                  # mp_pgno, mp_pad, mp_flags
@@ -50,6 +54,57 @@ def check_meta_pages(data: Path):
     if not (t0 == t1 == 0 or abs(t0 - t1) == 1):
         raise CorruptStoreError(f"{data}: the meta pages' transaction ids {t0} and {t1} are not "
                                 "consecutive: one of them is damaged; salvage the store")
+    newest = first if t0 > t1 else second
+    needed = (_TAIL.unpack_from(newest, META_AT + _META.size + 2 * _DB.size)[0] + 1) * psize
+    size = data.stat().st_size
+    if size < needed:   # a page past the end of the file is a fault, not an error
+        raise CorruptStoreError(f"{data}: truncated ({size} bytes, LMDB needs {needed})")
+    _check_roots(data, newest, psize, max(t0, t1))
+
+
+def _check_roots(data: Path, meta: bytes, psize: int, txnid: int):
+    """The newest meta page's two roots must be pages of their own trees: the free-page
+    tree's keys are transaction ids (native integers up to ``txnid``), the main tree's the
+    names of tables (``meta``, ``rows``). A root moved by a flipped bit to another tree's page
+    would trip an assertion on the next write."""
+    roots = [_DB.unpack_from(meta, META_AT + _META.size + k * _DB.size)[7] for k in range(2)]
+    if roots[0] == roots[1] != P_INVALID:
+        raise CorruptStoreError(f"{data}: both trees of the newest meta page have root page "
+                                f"{roots[0]}; salvage the store")
+    with open(data, "rb") as f:
+        for tree, root in enumerate(roots):
+            if root == P_INVALID:
+                continue
+            f.seek(root * psize)
+            keys = _page_keys(f.read(psize), root, psize)
+            # the main tree holds names (another program's LMDB may hold other names: not a
+            # store, said later); 8-byte keys there are rows or transaction ids: damage
+            if keys is None or not all(
+                    len(k) == 8 and int.from_bytes(k, "little") <= txnid if tree == 0
+                    else len(k) != 8 for k in keys if k):
+                raise CorruptStoreError(f"{data}: the newest meta page's tree {tree} has root "
+                                        f"page {root}, which is not a page of that tree; "
+                                        "salvage the store")
+
+
+def _page_keys(page: bytes, pgno: int, psize: int) -> list | None:
+    """The keys of the nodes of a branch or leaf page, or None when it is not one."""
+    if len(page) < psize:
+        return None
+    number, _, flags = _HEADER.unpack_from(page, 0)
+    lower, upper = struct.unpack_from("<HH", page, 12)
+    if number != pgno or flags & 0x03 == 0 or flags & 0x3C or \
+            not META_AT <= lower <= upper <= psize or (lower - META_AT) % 2:
+        return None
+    keys = []
+    for at in struct.unpack_from(f"<{(lower - META_AT) // 2}H", page, META_AT):
+        if not upper <= at <= psize - 8:
+            return None
+        size = struct.unpack_from("<H", page, at + 6)[0]
+        if at + 8 + size > psize:
+            return None
+        keys.append(page[at + 8:at + 8 + size])
+    return keys
 
 
 def _meta_fields(data: Path, page: int, raw: bytes, psize: int) -> int:
@@ -67,10 +122,12 @@ def _meta_fields(data: Path, page: int, raw: bytes, psize: int) -> int:
     if txnid and txnid % 2 != page:
         raise damaged(f"transaction {txnid} belongs in the other meta page")
     for k in range(2):
-        pad, _, depth, branch, leaf, overflow, _, root = _DB.unpack_from(
+        pad, tree_flags, depth, branch, leaf, overflow, _, root = _DB.unpack_from(
             raw, META_AT + _META.size + k * _DB.size)
         if k == 0 and pad != psize:
             raise damaged(f"page size {pad}, not {psize}")
+        if tree_flags != TREE_FLAGS[k]:
+            raise damaged(f"tree {k}: flags {tree_flags:#x}")
         if root == P_INVALID:
             if depth or branch or leaf or overflow:
                 raise damaged(f"an empty tree of depth {depth}")
