@@ -15,7 +15,8 @@ from tierstore.policy import POLICIES  # noqa: E402
 from tierstore.policy.planner import simulate_lookahead, simulate_trace  # noqa: E402
 from tierstore.policy.queries import check_invariants  # noqa: E402
 from tierstore.policy.state import (ADMISSIONS, AHEAD_LIVE, DISK_READS, DEVICE_HITS, EVICTIONS, MISSES,  # noqa: E402
-                                    RAM_HITS, USED, CacheState)
+                                    RAM_HITS, TICK, USED, CacheState)
+from tierstore.policy.stamps import REBASE_AT  # noqa: E402
 
 # numba compiles the planner on its first call: no per-example deadline
 jit_settings = settings(deadline=None)
@@ -176,6 +177,27 @@ def test_batch_size_keeps_access_total(policy, batch):
     assert len(state.resident()) == 32
     if batch == 1:
         assert state.meta[ADMISSIONS] == _misses(state)
+
+
+@pytest.mark.parametrize("policy", ["adaptive", "wtinylfu", "lru", "lfu"])
+def test_stamp_rebase_changes_no_decision(policy):
+    """4-byte stamps (policy/stamps.py): a run whose tick starts just under the rebase point
+    (so it rebases mid-run) plans exactly as one started at zero."""
+    rng = np.random.default_rng(7)
+    trace = np.concatenate([rng.zipf(1.1, 6000) % 400, rng.integers(0, 2000, 3000)]).astype(np.int64)
+    plain, rebased = CacheState.new(8, 56, policy), CacheState.new(8, 56, policy)
+    rebased.meta[TICK] = REBASE_AT - 2000
+    simulate_trace(plain.arrays(), trace, 16)
+    simulate_trace(rebased.arrays(), trace, 16)
+    assert rebased.meta[TICK] < REBASE_AT - 2000, "the run must cross the rebase point"
+    others = np.arange(len(plain.meta)) != TICK
+    np.testing.assert_array_equal(plain.meta[others], rebased.meta[others])
+    assert plain.resident() == rebased.resident()
+    used = int(plain.meta[USED])
+    # the same ages, so the same order
+    np.testing.assert_array_equal(plain.meta[TICK] - plain.stamp[:used].astype(np.int64),
+                                  rebased.meta[TICK] - rebased.stamp[:used].astype(np.int64))
+    assert check_invariants(rebased.arrays()) == 0
 
 
 # =========================================================================== lookahead

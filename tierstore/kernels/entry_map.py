@@ -30,16 +30,17 @@ def new_entry_map(capacity: int) -> np.ndarray:
 
 
 @njit(cache=True, inline="always", _nrt=False)
-def _home(buckets, key):
-    # the top 32 bits of the hash times the table size, over 2**32: uniform on [0, size)
-    return np.int64(((mix64(key, 0) >> np.uint64(32)) * np.uint64(len(buckets))) >> np.uint64(32))
+def home_bucket(size, key):
+    """Where a table of ``size`` (< 2**32) buckets starts probing ``key``: the top 32 bits
+    of its hash times the size, over 2**32, uniform on ``[0, size)`` without a modulo."""
+    return np.int64(((mix64(key, 0) >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32))
 
 
 @njit(cache=True, _nrt=False)
 def entry_map_get(buckets, ids, key):
     """The index of ``key`` (``ids[index] == key``), or -1."""
     size = len(buckets)
-    i = _home(buckets, key)
+    i = home_bucket(size, key)
     while buckets[i] != EMPTY:
         if ids[buckets[i]] == key:
             return np.int64(buckets[i])
@@ -53,7 +54,7 @@ def entry_map_get(buckets, ids, key):
 def entry_map_put(buckets, ids, key, index):
     """Map ``key`` (absent) to ``index``; ``ids[index]`` holds ``key`` from now on."""
     size = len(buckets)
-    i = _home(buckets, key)
+    i = home_bucket(size, key)
     while buckets[i] != EMPTY:
         i += 1
         if i == size:
@@ -65,7 +66,7 @@ def entry_map_put(buckets, ids, key, index):
 def entry_map_delete(buckets, ids, key):
     """Forget ``key``; shift later members of its run back so no tombstones pile up."""
     size = len(buckets)
-    i = _home(buckets, key)
+    i = home_bucket(size, key)
     while True:
         if buckets[i] == EMPTY:
             return False
@@ -81,7 +82,7 @@ def entry_map_delete(buckets, ids, key):
             j = 0
         if buckets[j] == EMPTY:
             break
-        home = _home(buckets, ids[buckets[j]])
+        home = home_bucket(size, ids[buckets[j]])
         # buckets[j] may move into the hole at i unless its home lies cyclically in (i, j]
         if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
             buckets[i] = buckets[j]

@@ -1,8 +1,8 @@
 """The host mirror of the GPU's index of the memory tiers: id -> physical slot.
 
-Same layout as :mod:`.slotmap` (open addressing, linear probing from
-``mix64(id) & mask``, backward-shift deletion, ``-1`` in empty buckets), so the
-GPU probes the very table the host keeps. Every bucket a change writes is
+Open addressing as in :mod:`.slotmap` (linear probing, backward-shift deletion,
+``-1`` in empty buckets) but in a power-of-two table, homes at ``mix64(id) & mask``
+(cheap on the GPU), so the GPU probes the very table the host keeps. Every bucket a change writes is
 logged, so only those buckets travel to the GPU; the log saturates (and the
 caller sends the whole table) when a batch of changes writes more buckets than
 it holds.

@@ -1,44 +1,45 @@
 """id -> slot map: open addressing, linear probing, backward-shift deletion.
 
-``keys`` holds -1 in empty buckets; ``vals`` the slot of the key beside it.
-The table is sized at twice the tier capacity, so probes stay short and
-memory follows the capacity, never the number of rows in the store.
+``keys`` holds -1 in empty buckets; ``vals`` the value of the key beside it.
+The table has ``2 * capacity + 1`` buckets (half load, 24 bytes a key), not a
+power of two: a key's home is its hash scaled onto the table, as in
+:mod:`.entry_map`. Memory follows the capacity, never the number of rows in
+the store.
 """
 import numpy as np
 from numba import njit
 
-from .hashing import mix64, table_size
+from .entry_map import LOAD, home_bucket
 
 EMPTY = -1
 
 
 def new_slotmap(capacity: int):
-    size = table_size(capacity)
+    size = max(2, int(capacity / LOAD) + 1)
     return np.full(size, EMPTY, dtype=np.int64), np.zeros(size, dtype=np.int32)
-
-
-@njit(cache=True, inline="always", _nrt=False)
-def _home(keys, key):
-    return np.int64(mix64(key, 0) & np.uint64(len(keys) - 1))
 
 
 @njit(cache=True, _nrt=False)
 def slotmap_get(keys, vals, key):
-    mask = len(keys) - 1
-    i = _home(keys, key)
+    size = len(keys)
+    i = home_bucket(size, key)
     while keys[i] != EMPTY:
         if keys[i] == key:
             return np.int64(vals[i])
-        i = (i + 1) & mask
+        i += 1
+        if i == size:
+            i = 0
     return np.int64(-1)
 
 
 @njit(cache=True, _nrt=False)
 def slotmap_put(keys, vals, key, val):
-    mask = len(keys) - 1
-    i = _home(keys, key)
+    size = len(keys)
+    i = home_bucket(size, key)
     while keys[i] != EMPTY and keys[i] != key:
-        i = (i + 1) & mask
+        i += 1
+        if i == size:
+            i = 0
     keys[i] = key
     vals[i] = val
 
@@ -46,18 +47,22 @@ def slotmap_put(keys, vals, key, val):
 @njit(cache=True, _nrt=False)
 def slotmap_delete(keys, vals, key):
     """Remove ``key``; shift later members of its run back so no tombstones pile up."""
-    mask = len(keys) - 1
-    i = _home(keys, key)
+    size = len(keys)
+    i = home_bucket(size, key)
     while keys[i] != key:
         if keys[i] == EMPTY:
             return False
-        i = (i + 1) & mask
+        i += 1
+        if i == size:
+            i = 0
     j = i
     while True:
-        j = (j + 1) & mask
+        j += 1
+        if j == size:
+            j = 0
         if keys[j] == EMPTY:
             break
-        home = _home(keys, keys[j])
+        home = home_bucket(size, keys[j])
         # keys[j] may move into the hole at i unless its home lies cyclically in (i, j]
         if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
             keys[i] = keys[j]

@@ -26,21 +26,14 @@ from ..kernels.entry_map import entry_map_delete, entry_map_put
 from .queries import probe
 from .ghosts import ghost_push, ghost_take
 from .lookahead import ahead_add, ahead_remove
+from .free_slots import free_ram_slot, take_free_device_slot, take_free_slot
 from .residency import on_hit, on_insert, on_remove, pick_victim, record_access
+from .stamps import keep_stamps_narrow
 from .state import (DISK_READS, ADMISSIONS, BAR_RESCAN, BAR_SKIPS, BORN, CAPACITY, DEMOTIONS, DEVICE_BAR, DEVICE_HAND, DEVICE_HITS, DEVICE_ROWS,
-                    DEVICE_SAMPLE, DIRTY, EPOCH, EVICTIONS, MOVED, FREE_DEVICE, FREE_RAM, MISSES, PROMOTIONS,
+                    DEVICE_SAMPLE, DIRTY, EPOCH, EVICTIONS, MOVED, FREE_DEVICE, MISSES, PROMOTIONS,
                     RAM_HITS, USED, VICTIM_FROM_MAIN, WRITEBACKS)
 
 MAX_COUNT = 255
-
-
-@njit(cache=True, _nrt=False)
-def _take_free_slot(meta, free_device, free_ram):
-    if meta[FREE_DEVICE] > 0:
-        meta[FREE_DEVICE] -= 1
-        return np.int64(free_device[meta[FREE_DEVICE]])
-    meta[FREE_RAM] -= 1
-    return np.int64(free_ram[meta[FREE_RAM]])
 
 
 @njit(cache=True, _nrt=False)
@@ -60,7 +53,6 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
     entry_id, phys, owner, flags = st.entry_id, st.phys, st.owner, st.flags
     seg, prev, nxt, freq = st.seg, st.prev, st.next, st.freq
     stamp, heap, hpos = st.stamp, st.heap, st.hpos
-    free_device, free_ram = st.free_device, st.free_ram
     sketch, sketch_state = st.sketch, st.sketch_state
     ghost_ring, ghost_map = st.ghost_ring, st.ghost_map
     n_ev = 0
@@ -83,7 +75,7 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
             if meta[USED] < meta[CAPACITY]:
                 e = meta[USED]
                 meta[USED] += 1
-                p = _take_free_slot(meta, free_device, free_ram)
+                p = take_free_slot(meta, owner)
                 phys[e] = p
                 owner[p] = e
             else:
@@ -147,7 +139,7 @@ def _device_victim(meta, owner, entry_id, flags, sketch):
 @njit(cache=True, _nrt=False)
 def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
     meta, entry_id, phys, owner = st.meta, st.entry_id, st.phys, st.owner
-    flags, free_device, free_ram, sketch = st.flags, st.free_device, st.free_ram, st.sketch
+    flags, sketch = st.flags, st.sketch
     device_rows = meta[DEVICE_ROWS]
     n_sw = 0
     if device_rows == 0:
@@ -159,11 +151,8 @@ def _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y):
             continue
         ex = owner[p]
         if meta[FREE_DEVICE] > 0:
-            meta[FREE_DEVICE] -= 1
-            d = np.int64(free_device[meta[FREE_DEVICE]])
-            free_ram[meta[FREE_RAM]] = p
-            meta[FREE_RAM] += 1
-            owner[p] = -1
+            d = take_free_device_slot(meta)
+            free_ram_slot(meta, owner, p)
             has_y = False
         else:
             est = sketch_estimate(sketch, uniq[u])
@@ -209,6 +198,7 @@ def plan_batch(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, e
     ``len(uniq)`` entries.
     """
     st.meta[EPOCH] += 1
+    keep_stamps_narrow(st.meta, st.stamp)
     n_ev = _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev_id, ev_slot, ev_dirty)
     n_sw = _place(st, uniq, aslot, sw_u, sw_from, sw_to, sw_has_y)
     return n_ev, n_sw

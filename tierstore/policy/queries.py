@@ -4,7 +4,8 @@ from numba import njit
 
 from ..kernels.entry_map import entry_map_get
 from .residency import on_hit
-from .state import (DIRTY, CAPACITY, DEVICE_ROWS, FREE_DEVICE, FREE_RAM, HEAP_SIZE, LFU, POLICY, SIZE0,
+from .stamps import keep_stamps_narrow
+from .state import (DIRTY, CAPACITY, DEVICE_ROWS, FREE_DEVICE, FREE_RAM, FREE_RAM_TOP, HEAP_SIZE, LFU, POLICY, SIZE0,
                     USED)
 
 
@@ -28,6 +29,7 @@ def touch(st, ids):
     freq, stamp, heap, hpos = st.freq, st.stamp, st.heap, st.hpos
     entry_map = st.entry_map
     entry_id = st.entry_id
+    keep_stamps_narrow(meta, stamp)
     for k in range(len(ids)):
         e = entry_map_get(entry_map, entry_id, ids[k])
         if e >= 0:
@@ -111,4 +113,13 @@ def check_invariants(st):
     ordered = meta[HEAP_SIZE] if meta[POLICY] == LFU else meta[SIZE0] + meta[SIZE0 + 1] + meta[SIZE0 + 2]
     if ordered != used:
         return 7
+    # the free RAM slots (policy/free_slots.py): a chain through ``owner`` of exactly
+    # FREE_RAM distinct RAM slots (distinct: a cycle would run past the count)
+    p = meta[FREE_RAM_TOP]
+    for _ in range(meta[FREE_RAM]):
+        if p < device_rows or p >= capacity or owner[p] >= 0:
+            return 8
+        p = -2 - np.int64(owner[p])
+    if p != -1:
+        return 8
     return 0

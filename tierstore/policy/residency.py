@@ -27,6 +27,9 @@ from .state import (AHEAD_WALK, REPEAT_ADMIT, ADAPTIVE, CAPACITY, GHOST_HITS, GH
                     WINDOW, WINDOW_CAP, WINDOW_F, RECENT_SHIFT)
 
 
+FREQ_MAX = (1 << 32) - 1  # LFU's counts are 4 bytes; a row used this often stays put
+
+
 @njit(cache=True, _nrt=False)
 def _move(meta, seg, prev, nxt, e, to):
     list_remove(meta, prev, nxt, seg[e], e)
@@ -51,7 +54,7 @@ def on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, count):
     meta[TICK] += 1
     policy = meta[POLICY]
     if policy == LFU:
-        freq[e] += count
+        freq[e] = min(np.int64(freq[e]) + count, FREQ_MAX)
         stamp[e] = meta[TICK]
         heap_sift_down(meta, heap, hpos, freq, stamp, hpos[e])
     elif policy == LRU:

@@ -33,7 +33,8 @@ NO_SEGMENT, WINDOW, PROBATION, PROTECTED = -1, 0, 1, 2
  DEVICE_HITS, RAM_HITS, MISSES, ADMISSIONS, EVICTIONS, PROMOTIONS, DEMOTIONS,
  WRITEBACKS, DEVICE_BAR, BAR_SKIPS,
  GHOST_CAP, GHOST_HEAD, GHOST_HEAD_MAIN, GHOST_LIVE, GHOST_LIVE_MAIN, VICTIM_FROM_MAIN,
- GHOST_HITS, GHOST_HITS_MAIN, DISK_READS, AHEAD_CAP, AHEAD_LIVE, META_LEN) = range(46)
+ GHOST_HITS, GHOST_HITS_MAIN, DISK_READS, AHEAD_CAP, AHEAD_LIVE,
+ FREE_RAM_TOP, META_LEN) = range(47)
 
 # bits of ``flags[entry]``: the row is newer than disk; the entry was admitted in the batch
 # being planned; its row moved between device and RAM in that batch (both cleared before
@@ -63,7 +64,7 @@ AHEAD_WALK = 64
 # (a namedtuple compiles to the same code as a plain tuple of the arrays)
 StateArrays = namedtuple("StateArrays", (
     "meta", "fmeta", "entry_map", "entry_id", "phys", "owner", "flags", "seg", "prev", "next",
-    "freq", "stamp", "heap", "hpos", "free_device", "free_ram",
+    "freq", "stamp", "heap", "hpos",
     "sketch", "sketch_state", "ghost_ring", "ghost_map", "ahead_keys", "ahead_vals"))
 
 
@@ -85,8 +86,6 @@ class CacheState:
     stamp: np.ndarray
     heap: np.ndarray
     hpos: np.ndarray
-    free_device: np.ndarray
-    free_ram: np.ndarray
     sketch: np.ndarray
     sketch_state: np.ndarray
     ghost_ring: np.ndarray
@@ -114,9 +113,13 @@ class CacheState:
         meta[GHOST_CAP] = ghost_cap
         fmeta = np.zeros(FMETA_LEN, dtype=np.float64)
         fmeta[WINDOW_F] = window
-        # free slots are popped from the end: lowest slots first
+        # free slots are taken lowest first; free RAM slots are a stack linked through
+        # ``owner`` (policy/free_slots.py): each holds -2 - the next, the last -1
         meta[FREE_DEVICE] = device_rows
         meta[FREE_RAM] = ram_rows
+        meta[FREE_RAM_TOP] = device_rows if ram_rows else -1
+        owner = np.full(capacity, -1, dtype=np.int32)
+        owner[device_rows:capacity - 1] = -2 - np.arange(device_rows + 1, capacity, dtype=np.int32)
         sketch, sketch_state = new_sketch(capacity, sketch_width)
         meta[AHEAD_CAP] = max(0, int(lookahead_ids))
         ahead_keys, ahead_vals = new_slotmap(max(1, meta[AHEAD_CAP]))
@@ -130,17 +133,15 @@ class CacheState:
             entry_map=new_entry_map(capacity),
             entry_id=np.full(capacity, -1, dtype=np.int64),
             phys=np.full(capacity, -1, dtype=np.int32),
-            owner=np.full(capacity, -1, dtype=np.int32),
+            owner=owner,
             flags=np.zeros(capacity, dtype=np.uint8),
-            seg=np.full(capacity, NO_SEGMENT, dtype=np.int8),
+            seg=np.full(list_rows, NO_SEGMENT, dtype=np.int8),
             prev=np.full(list_rows, -1, dtype=np.int32),
             next=np.full(list_rows, -1, dtype=np.int32),
-            freq=np.zeros(heap_rows, dtype=np.int64),
-            stamp=np.zeros(capacity, dtype=np.int64),
+            freq=np.zeros(heap_rows, dtype=np.uint32),  # saturating: residency.FREQ_MAX
+            stamp=np.zeros(capacity, dtype=np.uint32),  # ticks, rebased: policy/stamps.py
             heap=np.zeros(heap_rows, dtype=np.int32),
             hpos=np.full(heap_rows, -1, dtype=np.int32),
-            free_device=np.arange(device_rows - 1, -1, -1, dtype=np.int32),
-            free_ram=np.arange(capacity - 1, device_rows - 1, -1, dtype=np.int32),
             sketch=sketch,
             sketch_state=sketch_state,
             ghost_ring=np.full(2 * ghost_cap, -1, dtype=np.int64),
