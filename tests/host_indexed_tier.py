@@ -94,6 +94,9 @@ class HostIndexedMemory(DeviceLookupTier):
                             torch.from_numpy(keys.copy()), torch.from_numpy(vals.copy()))
         self._writes = []
 
+    def index_host_bytes(self):
+        return self.index.host_nbytes()
+
     def nbytes(self):
         return self.slabs.nbytes() + self.shadow.nbytes + self.index.nbytes()
 

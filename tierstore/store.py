@@ -645,6 +645,7 @@ class Store(TableStore):
         lookups = int(m[S.DEVICE_HITS] + m[S.RAM_HITS] + m[S.MISSES])
         resident = int(m[S.USED])
         on_device = int(m[S.DEVICE_ROWS] - m[S.FREE_DEVICE])
+        index_bytes = self._memory.index_host_bytes() if self._indexed else 0
 
         def ratio(x):
             return float(x) / lookups if lookups else 0.0
@@ -677,7 +678,10 @@ class Store(TableStore):
             # up, those found in neither tier at lookup time (which the host read), and those
             # the planner, behind, never counted in the figures above
             "indexed_lookup": dict(self._indexed_lookup, unplanned=self._log_dropped),
-            "bookkeeping_bytes": self._state.nbytes(),
+            # host memory that follows the tiers' capacity: the policy's arrays and, where the
+            # tier finds rows itself, its index (on CUDA, the index's host mirror)
+            "bookkeeping_bytes": self._state.nbytes() + index_bytes,
+            "bookkeeping": {"policy_bytes": self._state.nbytes(), "index_bytes": index_bytes},
         }
 
     def check(self, progress: bool = False) -> CheckReport:

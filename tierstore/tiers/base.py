@@ -117,6 +117,11 @@ class DeviceLookupTier(MemoryTier):
     resident rows needs neither the store's lock nor host work per id."""
 
     @abstractmethod
+    def index_host_bytes(self) -> int:
+        """Host bytes of the tier's index (its buckets, or their host mirror, and whatever
+        else it keeps per slot): bookkeeping that follows the capacity, as the policy's does."""
+
+    @abstractmethod
     def caller_ids(self, ids):
         """Ids on the tier's device, marked ready at this point of the caller's stream, for
         ``issue`` (numpy ids go to ``issue`` as they are)."""

@@ -399,6 +399,9 @@ class CudaMemory(DeviceLookupTier):
         self._writes = []
         self._index_dirty = False
 
+    def index_host_bytes(self) -> int:
+        return self.index.host_nbytes()
+
     def nbytes(self) -> int:
         return (self.slab.numel() * self.slab.element_size() + self.shadow.nbytes
                 + self.ram.nbytes + self.index.nbytes())

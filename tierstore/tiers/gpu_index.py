@@ -143,6 +143,10 @@ class GpuIndex:
         """Slots of an int64 tensor of ids on the index's device, with torch ops."""
         return probe(self.dev_keys, self.dev_vals, ids, self.rounds)
 
+    def host_nbytes(self) -> int:
+        """Bytes of the host mirror, its bucket log and ``owner``."""
+        return self.keys.nbytes + self.vals.nbytes + self.log.nbytes + self.owner.nbytes
+
     def nbytes(self) -> int:
         """Bytes of GPU memory (the host mirror holds as many, and 8 a slot for ``owner``)."""
         return self.dev_keys.numel() * 8 + self.dev_vals.numel() * 4

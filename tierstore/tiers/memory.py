@@ -205,6 +205,9 @@ class HostMemory(HostLookupTier, DeviceLookupTier):
         used = self._keys != EMPTY
         return dict(zip(self._keys[used].tolist(), self._vals[used].tolist()))
 
+    def index_host_bytes(self) -> int:
+        return index_bytes(len(self.owner))
+
     def nbytes(self) -> int:
         """Bytes of both slabs and the index."""
         return self.device.nbytes + self.ram.nbytes + index_bytes(len(self.owner))
