@@ -583,32 +583,6 @@ class DiskTier:
             raise CorruptRowError(ids[~ok], f"payload does not decode with codec {self.codec.codec_id!r}")
         out[positions] = decoded
 
-    def scan(self, chunk: int = 65536, start: int = 0):
-        """Yield lists of (key, value) of stored records in key order, ``chunk`` at a time.
-
-        Each chunk is read in its own transaction, so nothing is held between
-        chunks (a writer may commit, and the map may grow, in between).
-        """
-        key = int(start).to_bytes(8, "big") if start else None  # None: from the first record
-        after = False  # resume after ``key`` rather than at it
-        while True:
-            batch = []
-            with self.reading() as txn:
-                cursor = txn.cursor()
-                found = cursor.first() if key is None else cursor.set_range(key)
-                if found and after and cursor.key() == key:
-                    found = cursor.next()
-                if found:
-                    for item in cursor:
-                        batch.append(item)
-                        if len(batch) == chunk:
-                            break
-            if batch:
-                yield batch
-            if len(batch) < chunk:
-                return
-            key, after = batch[-1][0], True
-
     def stored_rows(self) -> int:
         with self.reading() as txn:
             return txn.stat(self.rows_db)["entries"]
