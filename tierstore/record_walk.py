@@ -91,7 +91,12 @@ def _walk(env_path: str, map_size: int, start: int, batch: int, lock: bool) -> i
         after = False
         while True:
             keys, values = [], []
-            with env.begin(db=rows_db) as txn:
+            try:
+                txn = env.begin(db=rows_db)
+            except lmdb.MapResizedError:   # a writer grew the file: adopt its size
+                env.set_mapsize(0)
+                txn = env.begin(db=rows_db)
+            with txn:
                 cursor = txn.cursor()
                 found = cursor.set_range(key)
                 if found and after and cursor.key() == key:
