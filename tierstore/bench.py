@@ -296,7 +296,7 @@ def _run(spec, workdir, path, out, progress):
             f"{r.ours_rate / r.take_rate:.2f} | {d:.3f} | {m:.3f} | {1 - c:.3f} |")
 
     out(f"\nHit ratio of the {default} policy: ids found in memory by the lookups (planning on the "
-        "planner thread, sampled), the planner's count, and every batch planned at once")
+        "planner thread), the planner's count, and every batch planned at once")
     out("| stream | at lookup | planner's count | planned at once | at lookup - at once |")
     out("|---|---:|---:|---:|---:|")
     for r in results:
