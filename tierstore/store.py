@@ -170,6 +170,7 @@ class Store(TableStore):
         tier's index, as on CUDA, and leaves its planning to the planner thread; smaller
         ones (where a thread hand-off costs more than the planning) plan at once.
         """
+        self._check_open()   # a closed store says so before it judges the ids
         if self._on_gpu:
             return self._memory.deliver(self._lookup_on_gpu(self._gpu_ids(ids)))
         id_array = as_id_array(ids, self.num_rows)
