@@ -1,25 +1,16 @@
 """tools/bench_gpu.py's logic on CPU at toy sizes: both setups, every variant but the CUDA-only
 paper's method, outputs equal to the all-in-memory model's (the script asserts it), the JSON."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
+from tool_loader import load_tool
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_gpu.py"
+pytest.importorskip("torch")
 
 
 def load():
-    name = "tierstore_bench_gpu"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, TOOL)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module            # dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_tool("bench_gpu.py")
 
 
 def test_setups_follow_the_issue():

@@ -1,26 +1,16 @@
 """tools/software_cache.py (bench_gpu.py's ColossalAI-style baseline), checked on CPU tensors:
 rows exact through evictions, LFU victims, the batch's own rows kept, bookkeeping consistent."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-torch = pytest.importorskip("torch")
+from tool_loader import load_tool
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "software_cache.py"
+torch = pytest.importorskip("torch")
 
 
 def load():
-    name = "tierstore_software_cache"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, TOOL)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_tool("software_cache.py")
 
 
 def make(num_rows=50, cache_rows=8, dim=3):
