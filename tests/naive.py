@@ -224,6 +224,41 @@ def index_gather(contents, device, ram, device_rows, ids, out):
     return out, missed
 
 
+def host_index_keys(buckets: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """The key each bucket of a host index (kernels/host_index.py) holds, read through
+    ``owner`` (-1 where empty); asserts each bucket's tag is its key's hash bits."""
+    bits = max(1, (len(owner) - 1).bit_length())
+    keys = np.full(len(buckets), -1, dtype=np.int64)
+    for i, b in enumerate(buckets):
+        if b != -1:
+            keys[i] = owner[b % (1 << bits)]
+            assert b >> bits == mix64(int(keys[i]), 0) % (1 << (31 - bits))
+    return keys
+
+
+def index_retarget(owner, removed_slots, put_ids, put_slots):
+    """``owner`` (slot -> id, -1 free) after a host index's ``index_retarget``: the removed
+    slots emptied, then each put id in its slot (leaving its slot before; the slot's id
+    before leaving memory)."""
+    owner = list(owner)
+    for s in removed_slots:
+        owner[s] = -1
+    for key, s in zip(put_ids, put_slots):
+        owner = [-1 if x == key else x for x in owner]
+        owner[s] = int(key)
+    return owner
+
+
+def index_swap(owner, promoted, sw_from, sw_to, has_y):
+    """``owner`` after ``index_swap``: each promoted id to its device slot, the id there
+    before (where ``has_y``) to the promoted id's slot."""
+    owner = list(owner)
+    for x, a, b, y in zip(promoted, sw_from, sw_to, has_y):
+        owner[a] = owner[b] if y else -1
+        owner[b] = int(x)
+    return owner
+
+
 def scatter_tiered(rows, slots, device, ram, device_rows):
     device = device.copy()
     ram = ram.copy()

@@ -17,7 +17,7 @@ import naive  # noqa: E402
 
 from tierstore.codecs import Int8Codec, RawCodec, ZstdCodec  # noqa: E402
 from tierstore.errors import ConfigError  # noqa: E402
-from tierstore.kernels import batch, codec, entry_map, hashing, sketch, slot_index, slotmap  # noqa: E402
+from tierstore.kernels import batch, codec, entry_map, hashing, host_index, sketch, slotmap  # noqa: E402
 from tierstore.tiers.memory import HostMemory  # noqa: E402
 
 I64 = np.iinfo(np.int64)
@@ -408,28 +408,119 @@ def test_gather_tiered(data, d, r, width, m):
     npt.assert_array_equal(out, expect)
 
 
+def _host_index(d, r, resident, slots):
+    """A host index (kernels/host_index.py) of ``d + r`` slots holding ``resident[k]`` in
+    ``slots[k]``: its buckets and ``owner``."""
+    buckets, owner = host_index.new_host_index(d + r, 0.75)
+    host_index.index_retarget(buckets, owner, np.empty(0, dtype=np.int64),
+                              np.array(resident, dtype=np.int64), np.array(slots, dtype=np.int64))
+    return buckets, owner
+
+
+def _check_host_index(buckets, owner, model, d, two_pass):
+    """The index holds exactly ``model`` (slot -> id), soundly probed: a gather of rows that
+    hold their own slot finds each id's slot, and no other id."""
+    assert owner.tolist() == list(model)
+    keys = naive.host_index_keys(buckets, owner)
+    assert naive.slotmap_problems(keys, naive.entry_map_home) == []
+    expect = {x: s for s, x in enumerate(model) if x >= 0}
+    assert {int(k) for k in keys if k >= 0} == set(expect)
+    probe = np.array(list(expect) + [10**9 + 1, 0], dtype=np.int64)
+    rows = np.arange(len(model), dtype=np.uint64)[:, None]
+    out = np.full((len(probe), 1), 99, dtype=np.uint64)
+    missed = np.empty(len(probe), dtype=np.int64)
+    n = host_index.index_gather(buckets, owner, rows[:d], rows[d:], d, probe, out, missed, two_pass)
+    found = {int(k): int(out[i, 0]) for i, k in enumerate(probe) if i not in set(missed[:n].tolist())}
+    assert found == expect
+
+
 @jit_settings
 @given(data=st.data(), d=st.integers(0, 5), r=st.integers(0, 6), width=st.integers(1, 8),
-       m=st.integers(0, 15))
-def test_index_gather(data, d, r, width, m):
+       m=st.integers(0, 15), two_pass=st.booleans())
+def test_index_gather(data, d, r, width, m, two_pass):
     """Probe the index and copy each found row; list the positions of the others."""
     device = data.draw(hnp.arrays(np.uint8, (d, width)))
     ram = data.draw(hnp.arrays(np.uint8, (r, width)))
     resident = data.draw(st.lists(st.integers(0, 40), unique=True, max_size=d + r))
     slots = data.draw(st.permutations(range(d + r)))[:len(resident)]
-    keys = np.full(hashing.table_size(max(d + r, 1), 0.75), -1, dtype=np.int64)
-    vals = np.full(len(keys), -1, dtype=np.int32)
-    meta = np.zeros(slot_index.META_SIZE, dtype=np.int64)
-    slot_index.index_apply(keys, vals, np.empty(0, dtype=np.int64), meta,
-                           np.empty(0, dtype=np.int64), np.array(resident, dtype=np.int64),
-                           np.array(slots, dtype=np.int32))
+    buckets, owner = _host_index(d, r, resident, slots)
     ids = data.draw(hnp.arrays(np.int64, m, elements=st.integers(0, 40)))
     out = data.draw(hnp.arrays(np.uint8, (m, width)))
     expect, expect_missed = naive.index_gather(dict(zip(resident, slots)), device, ram, d, ids, out)
     missed = np.full(m, -1, dtype=np.int64)
-    n = slot_index.index_gather(keys, vals, device, ram, d, ids, out, missed)
+    n = host_index.index_gather(buckets, owner, device, ram, d, ids, out, missed, two_pass)
     npt.assert_array_equal(out, expect)
     assert missed[:n].tolist() == expect_missed
+
+
+def _tag_twins(slots, load, count):
+    """``count`` keys with one home bucket and one tag in a host index of ``slots`` slots: each
+    probe passes the others' buckets, their tags matching, so only ``owner`` tells them apart."""
+    size = host_index.index_buckets(slots, load)
+    bits = max(1, (slots - 1).bit_length())
+    keys = np.arange(1 << 22, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = (keys ^ (keys >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        h = z ^ (z >> np.uint64(31))
+        home = ((h >> np.uint64(32)) * np.uint64(size)) >> np.uint64(32)
+    group = home.astype(np.int64) << (31 - bits) | (h & np.uint64((1 << (31 - bits)) - 1)).astype(np.int64)
+    values, first, counts = np.unique(group, return_index=True, return_counts=True)
+    twins = np.flatnonzero(group == values[np.argmax(counts)])
+    assert len(twins) >= count
+    for k in twins[:count]:
+        assert naive.entry_map_home(int(k), size) == int(home[twins[0]])
+    return [int(k) for k in twins[:count]]
+
+
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_host_index_tag_twins(two_pass):
+    """Keys whose tags and home buckets agree: each finds its own slot, an absent twin none,
+    and deleting the first keeps the others reachable."""
+    a, b, absent = _tag_twins(8, 0.75, 3)
+    c = 5
+    buckets, owner = _host_index(3, 5, [a, b, c], [6, 1, 4])
+    model = [-1, b, -1, -1, c, -1, a, -1]
+    _check_host_index(buckets, owner, model, 3, two_pass)
+    rows = np.arange(8, dtype=np.uint64)[:, None]
+    out = np.zeros((1, 1), dtype=np.uint64)
+    missed = np.empty(1, dtype=np.int64)
+    assert host_index.index_gather(buckets, owner, rows[:3], rows[3:], 3,
+                                   np.array([absent], dtype=np.int64), out, missed, two_pass) == 1
+    host_index.index_retarget(buckets, owner, np.array([6]), np.empty(0, dtype=np.int64),
+                              np.empty(0, dtype=np.int64))
+    model[6] = -1
+    _check_host_index(buckets, owner, model, 3, two_pass)
+
+
+@jit_settings
+@given(data=st.data(), d=st.integers(0, 4), r=st.integers(1, 7), rounds=st.integers(1, 8))
+def test_host_index_moves(data, d, r, rounds):
+    """Retargets (evictions, admissions, ids moved, slots taken over) and promotions' swaps
+    leave the index holding what the reference's slot -> id says, and soundly probed."""
+    n = d + r
+    buckets, owner = _host_index(d, r, [], [])
+    model = [-1] * n
+    for _ in range(rounds):
+        if data.draw(st.booleans()):
+            removed = data.draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n))
+            puts = data.draw(st.lists(st.tuples(st.integers(0, 12), st.integers(0, n - 1)),
+                                      max_size=n))
+            args = (np.array(removed, dtype=np.int64), np.array([p[0] for p in puts], dtype=np.int64),
+                    np.array([p[1] for p in puts], dtype=np.int64))
+            model = naive.index_retarget(model, *args)
+            host_index.index_retarget(buckets, owner, *args)
+        else:
+            ram_held = [s for s in range(d, n) if model[s] >= 0]
+            pairs = min(len(ram_held), d)
+            k = data.draw(st.integers(0, pairs))
+            sw_from = np.array(data.draw(st.permutations(ram_held))[:k], dtype=np.int64)
+            sw_to = np.array(data.draw(st.permutations(range(d)))[:k], dtype=np.int64)
+            args = (np.array([model[s] for s in sw_from], dtype=np.int64), sw_from, sw_to,
+                    np.array([model[s] >= 0 for s in sw_to], dtype=np.bool_))
+            model = naive.index_swap(model, *args)
+            host_index.index_swap(buckets, owner, *args)
+        _check_host_index(buckets, owner, model, d, data.draw(st.booleans()))
 
 
 @jit_settings

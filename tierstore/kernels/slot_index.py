@@ -97,31 +97,3 @@ def index_get(keys, vals, ids, out):
                 out[k] = vals[i]
                 break
             i = (i + 1) & mask
-
-
-@njit(nogil=True, cache=True, _nrt=False)
-def index_gather(keys, vals, device, ram, device_rows, ids, out, missed):
-    """A lookup on the host through the index: ``out[k]`` = the row of ``ids[k]`` from the
-    device or RAM slab (rows as words, see ``tiers.memory.words``); the positions ``k`` of ids
-    in neither go to ``missed`` (their rows left alone). Returns how many missed."""
-    mask = len(keys) - 1
-    n_missed = 0
-    for k in range(len(ids)):
-        key = ids[k]
-        i = _home(mask, key)
-        slot = -1
-        while keys[i] != EMPTY:
-            if keys[i] == key:
-                slot = vals[i]
-                break
-            i = (i + 1) & mask
-        if slot < 0:
-            missed[n_missed] = k
-            n_missed += 1
-        elif slot < device_rows:
-            for w in range(out.shape[1]):
-                out[k, w] = device[slot, w]
-        else:
-            for w in range(out.shape[1]):
-                out[k, w] = ram[slot - device_rows, w]
-    return n_missed

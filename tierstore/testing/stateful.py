@@ -157,6 +157,9 @@ class StoreMachine(RuleBasedStateMachine):
         shadow = getattr(self.store._memory, "shadow", None)
         if shadow is not None:
             np.testing.assert_array_equal(self.store._memory.device_snapshot(), shadow)
+        contents = getattr(self.store._memory, "index_contents", None)
+        if contents is not None:  # the host tier's index, as last committed
+            assert contents() == resident
         index = getattr(self.store._memory, "index", None)
         if index is not None:    # the GPU's index of the memory tiers, its host mirror, the policy's
             assert index.contents() == resident

@@ -21,11 +21,19 @@ import threading
 import numpy as np
 
 from ..kernels.batch import dedupe_last, gather_tiered
-from ..kernels.hashing import table_size
-from ..kernels.slot_index import EMPTY, META_SIZE, index_apply, index_gather
+from ..kernels.host_index import (EMPTY, index_buckets, index_gather, index_retarget, index_slots,
+                                  index_swap, new_host_index)
 from .base import DeviceLookupTier, HostLookupTier
 
-INDEX_LOAD = 0.75     # the index at most 3/4 full: 16 to 32 bytes a cached row, short probes
+# the index at most 0.6 full (buckets sized to the capacity, not a power of two): 6.7 bytes of
+# buckets and 8 of ``owner`` a cached row. The probe and copy of 65,536-id Zipf batches against
+# the key-and-slot table this replaced (a power of two at most 3/4 full, 28 to 40 bytes a row):
+# 0.72-0.78 of its speed at 3/4 load and 55k slots; at 0.6 load 0.93-0.95 at 55k slots (one
+# pass), 1.10-1.19 at 262k, 1.09-1.25 at 1M and 0.90-1.22 at 5M (two passes)
+INDEX_LOAD = 0.6
+# from this many slots a lookup probes in two passes (kernels/host_index.index_gather): one
+# pass was 1.10 of two passes' speed at 55k slots, 0.87-0.91 at 262k, 0.63-0.77 at 5M
+TWO_PASS_SLOTS = 1 << 18
 
 
 def words(rows: np.ndarray) -> np.ndarray:
@@ -38,7 +46,7 @@ def words(rows: np.ndarray) -> np.ndarray:
 
 def index_bytes(slots: int) -> int:
     """Host bytes of the index of ``slots`` memory slots (the buckets and slot -> id)."""
-    return table_size(slots, INDEX_LOAD) * (8 + 4) + slots * 8
+    return index_buckets(slots, INDEX_LOAD) * 4 + max(1, slots) * 8
 
 
 class HostPending:
@@ -64,15 +72,12 @@ class HostMemory(HostLookupTier, DeviceLookupTier):
         self.dtype = np.dtype(dtype)
         self.device = np.zeros((device_rows, dim), dtype=self.dtype)
         self.ram = np.zeros((ram_rows, dim), dtype=self.dtype)
-        size = table_size(device_rows + ram_rows, INDEX_LOAD)
-        self._keys = np.full(size, EMPTY, dtype=np.int64)       # id -> slot, kernels.slot_index
-        self._vals = np.full(size, -1, dtype=np.int32)
-        self._meta = np.zeros(META_SIZE, dtype=np.int64)
-        self._bucket_log = np.empty(0, dtype=np.int64)          # nothing to send anywhere
-        self.owner = np.full(device_rows + ram_rows, -1, dtype=np.int64)   # slot -> id
+        # id -> slot (kernels.host_index): buckets of slots, keyed through slot -> id; both
+        # as last committed
+        self._buckets, self._owner = new_host_index(device_rows + ram_rows, INDEX_LOAD)
         self.launch = threading.Lock()   # a lookup's pass and a commit never interleave
         self._writes = []                # (slots, rows) buffered until commit
-        self._index_ops = []             # (removed, put_ids, put_slots), or None for a clear
+        self._index_ops = []             # (kernel, arguments...), or None for a clear
 
     # -- lookups driven by the store's slots (HostLookupTier) ------------------------------
     def gather(self, slots: np.ndarray, out: np.ndarray):
@@ -112,8 +117,9 @@ class HostMemory(HostLookupTier, DeviceLookupTier):
         out = np.empty((len(flat), self.dim), dtype=self.dtype)
         missed = np.empty(len(flat), dtype=np.int64)
         with self.launch:
-            n_missed = index_gather(self._keys, self._vals, words(self.device), words(self.ram),
-                                    self.device_rows, flat, words(out), missed)
+            n_missed = index_gather(self._buckets, self._owner, words(self.device),
+                                    words(self.ram), self.device_rows, flat, words(out), missed,
+                                    len(self._owner) >= TWO_PASS_SLOTS)
         return HostPending(out, tuple(ids.shape), flat, missed[:n_missed])
 
     def misses(self, pending: HostPending):
@@ -155,25 +161,21 @@ class HostMemory(HostLookupTier, DeviceLookupTier):
 
     def retarget(self, removed, removed_slots, put_ids, put_slots):
         """Index changes: ``removed`` ids leave ``removed_slots``, then ``put_ids[k]`` sits in
-        ``put_slots[k]``; applied at :meth:`commit`."""
-        removed = np.asarray(removed, dtype=np.int64)
-        put_ids = np.asarray(put_ids, dtype=np.int64)
-        put_slots = np.asarray(put_slots, dtype=np.int64)
-        self.owner[np.asarray(removed_slots, dtype=np.int64)] = -1
-        self.owner[put_slots] = put_ids
-        self._index_ops.append((removed, put_ids, put_slots.astype(np.int32)))
+        ``put_slots[k]``; applied at :meth:`commit` (the slots say which ids leave)."""
+        self._index_ops.append((index_retarget, np.asarray(removed_slots, dtype=np.int64),
+                                np.asarray(put_ids, dtype=np.int64),
+                                np.asarray(put_slots, dtype=np.int64)))
 
     def swap_index(self, promoted, sw_from, sw_to, has_y):
         """Promotions: ``promoted[k]`` moves from ``sw_from[k]`` to device slot ``sw_to[k]``,
-        whose row before (where ``has_y[k]``) moves to ``sw_from[k]``."""
-        demoted = self.owner[sw_to[has_y]]
-        self.retarget(demoted[:0], demoted[:0], np.concatenate([promoted, demoted]),
-                      np.concatenate([sw_to, sw_from[has_y]]))
-        self.owner[sw_from[~has_y]] = -1
+        whose row before (where ``has_y[k]``) moves to ``sw_from[k]``; applied at
+        :meth:`commit`, which knows the demoted ids then."""
+        self._index_ops.append((index_swap, np.asarray(promoted, dtype=np.int64),
+                                np.asarray(sw_from, dtype=np.int64),
+                                np.asarray(sw_to, dtype=np.int64), np.asarray(has_y, dtype=np.bool_)))
 
     def clear(self):
         """Nothing resident: the index emptied at :meth:`commit`."""
-        self.owner.fill(-1)
         self._index_ops.append(None)
 
     def commit(self):
@@ -192,22 +194,22 @@ class HostMemory(HostLookupTier, DeviceLookupTier):
                 self.ram[slots[~on_device] - self.device_rows] = rows[~on_device]
             for op in self._index_ops:
                 if op is None:
-                    self._keys.fill(EMPTY)
-                    self._vals.fill(-1)
-                    self._meta[:] = 0
+                    self._buckets.fill(EMPTY)
+                    self._owner.fill(-1)
                 else:
-                    index_apply(self._keys, self._vals, self._bucket_log, self._meta, *op)
+                    kernel, *args = op
+                    kernel(self._buckets, self._owner, *args)
         self._writes = []
         self._index_ops = []
 
     def index_contents(self) -> dict[int, int]:
         """id -> slot as the index holds it (for tests and checks)."""
-        used = self._keys != EMPTY
-        return dict(zip(self._keys[used].tolist(), self._vals[used].tolist()))
+        slots = index_slots(self._buckets, self._owner)
+        return dict(zip(self._owner[slots].tolist(), slots.tolist()))
 
     def index_host_bytes(self) -> int:
-        return index_bytes(len(self.owner))
+        return self._buckets.nbytes + self._owner.nbytes
 
     def nbytes(self) -> int:
         """Bytes of both slabs and the index."""
-        return self.device.nbytes + self.ram.nbytes + index_bytes(len(self.owner))
+        return self.device.nbytes + self.ram.nbytes + self.index_host_bytes()
