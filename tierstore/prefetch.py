@@ -98,10 +98,14 @@ class Staging:
         self.rows = 0
 
     def add(self, ids: np.ndarray, rows: np.ndarray):
+        """Stage ``rows`` of unique ``ids``; sorted ids are staged as given (no copy: the
+        caller hands the arrays over)."""
         if not len(ids):
             return
-        order = np.argsort(ids)
-        self._chunks.append((ids[order], rows[order]))
+        if not (ids[1:] > ids[:-1]).all():
+            order = np.argsort(ids)
+            ids, rows = ids[order], rows[order]
+        self._chunks.append((ids, rows))
         self.rows += len(ids)
         while self.rows > self.limit_rows and len(self._chunks) > 1:
             self.rows -= len(self._chunks.pop(0)[0])

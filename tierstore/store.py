@@ -272,25 +272,32 @@ class Store(TableStore):
                     # would be; again, with updates held off
                     return self._lookup_on_gpu(ids, locked=True)
                 uniq, inverse, counts = dedupe(missed)
-                rows = self._rows_of(uniq)
-            self._memory.fill(pending, positions, rows[inverse])
+                order = np.argsort(uniq)
+                rows = self._rows_of(uniq[order])
+                row_of = np.empty_like(order)       # uniq[k]'s row is rows[row_of[k]]
+                row_of[order] = np.arange(len(order))
+            self._memory.fill(pending, positions, rows[row_of[inverse]])
             self._log_access(pending, len(missed), uniq, counts)
         else:
             self._log_access(pending, 0, missed, missed)
         return self._memory.ready(pending)
 
-    def _rows_of(self, uniq):
-        """The current rows of ``uniq`` on the host (under the lock): memory, staging, disk.
-        Rows read from outside memory stay staged for the planner's admissions."""
-        _, slots = self._state.probe(uniq)
-        rows = np.empty((len(uniq), self.dim), dtype=self.dtype)
+    def _rows_of(self, ids):
+        """The current rows of sorted unique ``ids`` on the host (under the lock): memory,
+        staging, disk. Rows read from outside memory stay staged for the planner's admissions
+        (when none was in memory, the array itself: sorted ids are staged without a copy)."""
+        _, slots = self._state.probe(ids)
+        rows = np.empty((len(ids), self.dim), dtype=self.dtype)
         resident = np.flatnonzero(slots >= 0)
         if len(resident):
             rows[resident] = self._memory.read(slots[resident])
         missing = np.flatnonzero(slots < 0)
-        if len(missing):
-            self._read_missing(uniq, rows, missing)
-            self._staging.add(uniq[missing], rows[missing])
+        if len(missing) == len(ids):
+            self._read_missing(ids, rows, missing)
+            self._staging.add(ids, rows)
+        elif len(missing):
+            self._read_missing(ids, rows, missing)
+            self._staging.add(ids[missing], rows[missing])
         return rows
 
     def _log_access(self, pending, missed, missed_ids, missed_counts):
@@ -485,14 +492,16 @@ class Store(TableStore):
                     return 0
                 _, slots = self._state.probe(uniq)
                 self._state.touch(uniq[slots >= 0])
-                wanted = uniq[slots < 0]
+                wanted = np.sort(uniq[slots < 0])     # sorted: decoded and staged in place
                 wanted = wanted[~self._staging.contains(wanted)]
                 gen = self._write_gen
             rows = np.empty((len(wanted), self.dim), dtype=self.dtype)
             self._disk.read_rows(wanted, rows, np.arange(len(wanted)))
             with self._exclusive():
-                fresh = ~np.isin(wanted, self._written_since(gen))
-                wanted, rows = wanted[fresh], rows[fresh]
+                late = self._written_since(gen)
+                if len(late):
+                    fresh = ~np.isin(wanted, late)
+                    wanted, rows = wanted[fresh], rows[fresh]
                 self._writeback.overlay(wanted, rows)
                 self._staging.add(wanted, rows)
                 self._prefetch_stats["rows_read"] += len(wanted)

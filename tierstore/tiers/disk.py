@@ -546,24 +546,29 @@ class DiskTier:
 
     # -- reading ---------------------------------------------------------------------------
     def read_rows(self, ids: np.ndarray, out: np.ndarray, positions: np.ndarray):
-        """Fill ``out[positions[k]]`` with row ``ids[k]``; raises CorruptRowError naming bad rows."""
+        """Fill ``out[positions[k]]`` with row ``ids[k]``; raises CorruptRowError naming bad rows.
+
+        Keys are read in sorted order (LMDB's page order). Sorted ``ids`` read into the whole of
+        ``out`` in order (``positions`` = 0..n-1) decode straight into it."""
         n = len(ids)
         if n == 0:
             return
         order = np.argsort(ids, kind="stable")
-        keys = row_keys(ids[order])
+        sorted_ids = ids[order]
         with self.reading() as txn:
-            get = txn.get
-            values = [get(k) for k in keys]
+            values = list(map(txn.get, row_keys(sorted_ids)))
+        if None not in values:     # list.__contains__ tests identity first: one C loop
+            self.decode_into(sorted_ids, values, out, positions[order])
+            return
         found = np.fromiter((v is not None for v in values), dtype=bool, count=n)
-        if self.format.every_row_stored and not found.all():
-            raise CorruptRowError(ids[order[~found]], "its record is missing (every row of "
+        if self.format.every_row_stored:
+            raise CorruptRowError(sorted_ids[~found], "its record is missing (every row of "
                                   "this store was written at create)")
         out[positions[order[~found]]] = self.fill_row
         if not found.any():
             return
         present = [v for v in values if v is not None]
-        self.decode_into(ids[order[found]], present, out, positions[order[found]])
+        self.decode_into(sorted_ids[found], present, out, positions[order[found]])
 
     def decode_into(self, ids, values, out, positions):
         """Verify and decode framed ``values`` of rows ``ids`` into ``out[positions]``."""
@@ -577,11 +582,15 @@ class DiskTier:
         verify_frames(keybytes, buf, starts, stops, ok)
         if not ok.all():
             raise CorruptRowError(ids[~ok], "checksum mismatch")
-        decoded = np.empty((len(values), self.format.dim), dtype=self.dtype)
+        # rows for the whole of ``out``, in order: decoded in place, not through a copy
+        whole = (len(positions) == len(out) and out.flags.c_contiguous
+                 and bool((positions == np.arange(len(out))).all()))
+        decoded = out if whole else np.empty((len(values), self.format.dim), dtype=self.dtype)
         ok = self.codec.decode(buf, starts, stops, decoded)
         if not ok.all():
             raise CorruptRowError(ids[~ok], f"payload does not decode with codec {self.codec.codec_id!r}")
-        out[positions] = decoded
+        if not whole:
+            out[positions] = decoded
 
     def stored_rows(self) -> int:
         with self.reading() as txn:

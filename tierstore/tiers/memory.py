@@ -127,8 +127,15 @@ class HostMemory(HostLookupTier, DeviceLookupTier):
         return pending.missed, pending.ids[pending.missed]
 
     def fill(self, pending: HostPending, positions: np.ndarray, rows: np.ndarray):
-        """Missed rows into the lookup's output: ``rows[k]`` at flat position ``positions[k]``."""
-        pending.out[positions] = rows
+        """Missed rows into the lookup's output: ``rows[k]`` at flat position ``positions[k]``.
+        Where every id missed (positions 0..n-1) and ``rows`` owns its data, the output is
+        ``rows`` itself: the store hands over a new array, and nothing is copied."""
+        out = pending.out
+        if (len(positions) == len(out) and rows.base is None and rows.dtype == out.dtype
+                and rows.shape == out.shape and rows.flags.c_contiguous):
+            pending.out = rows
+        else:
+            pending.out[positions] = rows
 
     def ready(self, pending: HostPending) -> np.ndarray:
         """The lookup's output in the ids' shape."""
