@@ -95,6 +95,26 @@ def test_prefetched_rows_come_without_disk_reads(tmp_path):
         assert store.stats()["prefetch"]["rows_used"] == 64
 
 
+def test_overlapping_prefetches_each_keep_their_rows_until_their_lookup(tmp_path, monkeypatch):
+    # lookups through the index (planned on the planner thread): the planning of the first
+    # lookup must leave the second prefetch's copies of the rows both batches hold
+    monkeypatch.setattr(ts.store, "LOGGED_LOOKUP_MIN_IDS", 1)
+    table = np.random.default_rng(2).standard_normal((1000, 8)).astype(np.float32)
+    with ts.create(tmp_path / "s", 1000, 8, "float32", init=table,
+                   config=ts.StoreConfig(device_rows=4, ram_rows=16)) as store:
+        first, second = np.arange(100, 300), np.arange(200, 400)
+        assert store.prefetch(first).wait(timeout=60) == 200
+        assert store.prefetch(second).wait(timeout=60) == 100   # 200-299 were staged already
+        np.testing.assert_array_equal(store.lookup(first), table[first])
+        through_host = store.stats()["indexed_lookup"]["through_host"]   # its planning is done
+        before = store.disk.bytes_read
+        np.testing.assert_array_equal(store.lookup(second), table[second])
+        assert store.disk.bytes_read == before        # nothing read from LMDB by the lookup
+        stats = store.stats()
+        # every row the second lookup found outside memory was staged
+        assert stats["prefetch"]["rows_used"] == 200 + stats["indexed_lookup"]["through_host"] - through_host
+
+
 def test_update_during_prefetch_never_leaves_a_stale_row(tmp_path):
     table = np.zeros((5000, 4), dtype=np.float32)
     with ts.create(tmp_path / "s", 5000, 4, "float32", init=table,

@@ -110,16 +110,29 @@ class Staging:
         while self.rows > self.limit_rows and len(self._chunks) > 1:
             self.rows -= len(self._chunks.pop(0)[0])
 
-    def take(self, ids: np.ndarray, out: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Copy staged rows of ``ids`` into ``out[positions]``; returns the mask of ids found."""
+    def take(self, ids: np.ndarray, out: np.ndarray | None, positions: np.ndarray | None,
+             keep: bool = False) -> np.ndarray:
+        """Copy staged rows of ``ids`` into ``out[positions]`` (``out`` None: no copy); returns
+        the mask of ids found. Unless ``keep``, the copies found leave the staging: one copy of
+        each id (the oldest), as a prefetch stages its own copy of rows staged before it for
+        its lookup, which the planning of an earlier lookup must leave there."""
         found = np.zeros(len(ids), dtype=bool)
+        kept = []
         for chunk_ids, chunk_rows in self._chunks:
             where = np.minimum(np.searchsorted(chunk_ids, ids), len(chunk_ids) - 1)
             hit = (chunk_ids[where] == ids) & ~found
-            out[positions[hit]] = chunk_rows[where[hit]]
+            if out is not None:
+                out[positions[hit]] = chunk_rows[where[hit]]
             found |= hit
-        if found.any():
-            self.drop(ids[found])
+            if keep or not hit.any():
+                kept.append((chunk_ids, chunk_rows))
+                continue
+            stay = np.ones(len(chunk_ids), dtype=bool)
+            stay[where[hit]] = False
+            if stay.any():
+                kept.append((chunk_ids[stay], chunk_rows[stay]))
+        self._chunks = kept
+        self.rows = sum(len(c[0]) for c in kept)
         return found
 
     def drop(self, ids: np.ndarray):
@@ -129,16 +142,12 @@ class Staging:
         kept = []
         for chunk_ids, chunk_rows in self._chunks:
             keep = ~np.isin(chunk_ids, ids)
-            if keep.any():
+            if keep.all():
+                kept.append((chunk_ids, chunk_rows))
+            elif keep.any():
                 kept.append((chunk_ids[keep], chunk_rows[keep]))
         self._chunks = kept
         self.rows = sum(len(c[0]) for c in kept)
-
-    def contains(self, ids: np.ndarray) -> np.ndarray:
-        found = np.zeros(len(ids), dtype=bool)
-        for chunk_ids, _ in self._chunks:
-            found |= np.isin(ids, chunk_ids)
-        return found
 
     def clear(self):
         self._chunks = []

@@ -292,11 +292,16 @@ class Store(TableStore):
         if len(resident):
             rows[resident] = self._memory.read(slots[resident])
         missing = np.flatnonzero(slots < 0)
+        if len(missing) and self._staging.rows:
+            # staged rows stay staged: the planner takes them as it admits them
+            staged = self._staging.take(ids[missing], rows, missing, keep=True)
+            self._prefetch_stats["rows_used"] += int(staged.sum())
+            missing = missing[~staged]
         if len(missing) == len(ids):
-            self._read_missing(ids, rows, missing)
+            self._read_disk(ids, rows, missing)
             self._staging.add(ids, rows)
         elif len(missing):
-            self._read_missing(ids, rows, missing)
+            self._read_disk(ids[missing], rows, missing)
             self._staging.add(ids[missing], rows[missing])
         return rows
 
@@ -348,9 +353,7 @@ class Store(TableStore):
             uniq, inverse, _ = dedupe(ids)
             counts = np.rint(np.bincount(inverse, weights, minlength=len(uniq))).astype(np.int64)
             entries, start = self._state.probe(uniq)
-            rows = np.empty((len(uniq), self.dim), dtype=self.dtype)
-            self._read_missing(uniq, rows, np.flatnonzero(start < 0))
-            self._plan_and_move(uniq, counts, entries, start, rows)
+            self._plan_and_move(uniq, counts, entries, start, None)
             self._memory.commit()
 
     def _lookup(self, id_array, as_torch, handle=None):
@@ -412,11 +415,13 @@ class Store(TableStore):
         self._read_missing(uniq, rows, np.flatnonzero(start < 0))
         return entries, start, rows
 
-    def _read_missing(self, uniq, rows, missing):
-        """``rows[missing]``: staged rows of ``uniq[missing]``, the others from disk."""
+    def _read_missing(self, uniq, rows, missing, count_used=True):
+        """``rows[missing]``: staged rows of ``uniq[missing]`` (taken from the staging), the
+        others from disk."""
         if len(missing) and self._staging.rows:
             staged = self._staging.take(uniq[missing], rows, missing)
-            self._prefetch_stats["rows_used"] += int(staged.sum())
+            if count_used:
+                self._prefetch_stats["rows_used"] += int(staged.sum())
             missing = missing[~staged]
         if len(missing):
             self._read_disk(uniq[missing], rows, missing)
@@ -427,6 +432,9 @@ class Store(TableStore):
         self._writeback.overlay(ids, rows, positions)
 
     def _plan_and_move(self, uniq, counts, entries, start, rows):
+        """Plan the batch and move its rows. ``rows``: the batch's rows, or None (the planner
+        thread's rounds): then only the rows it admits are read, from the staging where the
+        lookups left them (else from disk), and the staged copies of the others dropped."""
         aslot, fresh, (ev_id, ev_slot, ev_dirty), (sw_u, sw_from, sw_to, sw_has_y) = \
             self._state.plan(uniq, counts, entries, start)
         n_sw = len(sw_u)
@@ -434,6 +442,14 @@ class Store(TableStore):
         if len(dirty):
             self._write_back(ev_id[dirty], self._memory.read(ev_slot[dirty]))
         admitted = np.flatnonzero(fresh)
+        if rows is None:
+            rows = np.empty((len(uniq), self.dim), dtype=self.dtype)
+            outside = start < 0
+            entering = admitted[outside[admitted]]
+            outside[entering] = False
+            # the lookups counted the staged rows they used
+            self._read_missing(uniq, rows, entering, count_used=False)
+            self._staging.take(uniq[outside], None, None)   # staged rows it does not admit
         self._memory.fill_rows(rows, np.concatenate([admitted, sw_u[:n_sw]]), start)
         if len(admitted):
             self._memory.write(aslot[admitted], rows[admitted])
@@ -493,19 +509,22 @@ class Store(TableStore):
                 _, slots = self._state.probe(uniq)
                 self._state.touch(uniq[slots >= 0])
                 wanted = np.sort(uniq[slots < 0])     # sorted: decoded and staged in place
-                wanted = wanted[~self._staging.contains(wanted)]
+                rows = np.empty((len(wanted), self.dim), dtype=self.dtype)
+                # rows staged already are copied, not left out: the planner takes staged rows
+                # as it admits an earlier lookup's, and this prefetch's lookup comes later
+                staged = self._staging.take(wanted, rows, np.arange(len(wanted)), keep=True)
                 gen = self._write_gen
-            rows = np.empty((len(wanted), self.dim), dtype=self.dtype)
-            self._disk.read_rows(wanted, rows, np.arange(len(wanted)))
+            read = np.flatnonzero(~staged)
+            self._disk.read_rows(wanted[read], rows, read)
             with self._exclusive():
                 late = self._written_since(gen)
                 if len(late):
                     fresh = ~np.isin(wanted, late)
-                    wanted, rows = wanted[fresh], rows[fresh]
+                    wanted, rows, read = wanted[fresh], rows[fresh], read[fresh[read]]
                 self._writeback.overlay(wanted, rows)
                 self._staging.add(wanted, rows)
-                self._prefetch_stats["rows_read"] += len(wanted)
-                return len(wanted)
+                self._prefetch_stats["rows_read"] += len(read)
+                return len(read)
         finally:
             with self._exclusive():
                 self._inflight -= 1

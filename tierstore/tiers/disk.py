@@ -42,6 +42,9 @@ _LITTLE_ENDIAN = sys.byteorder == "little"   # frame_word_rows reads native uint
 MIN_FILE_BYTES = 2 * 4096  # LMDB's two meta pages
 # below this many free bytes on the file system, a failed write is "disk full"
 DISK_FULL_SLACK = 16 << 20
+# gets in one C loop between two Python steps: py-lmdb holds the GIL through a get, and the
+# interpreter hands the GIL to another thread (a lookup, the planner) only between steps
+GETS_AT_ONCE = 4096
 _ENVS: dict[str, list] = {}  # real path -> [environment, readonly, users, MapGuard]
 _ENVS_LOCK = threading.Lock()
 # LMDB errors that mean damaged pages (a read of them raises CorruptStoreError)
@@ -555,8 +558,12 @@ class DiskTier:
             return
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
+        keys = row_keys(sorted_ids)
+        values = []
         with self.reading() as txn:
-            values = list(map(txn.get, row_keys(sorted_ids)))
+            get = txn.get
+            for start in range(0, n, GETS_AT_ONCE):
+                values += map(get, keys[start:start + GETS_AT_ONCE])
         if None not in values:     # list.__contains__ tests identity first: one C loop
             self.decode_into(sorted_ids, values, out, positions[order])
             return
