@@ -12,9 +12,20 @@ import numpy as np
 import torch
 
 from tierstore.tiers.base import DeviceLookupTier
-from tierstore.tiers.cuda import Pending, log_sample
+from tierstore.tiers.cuda import log_sample
 from tierstore.tiers.gpu_index import GpuIndex
 from tierstore.tiers.memory import HostMemory
+
+
+class SampledPending:
+    """A lookup as CUDA's ``Pending`` is to the store: its output, misses and logged sample."""
+    __slots__ = ("out", "shape", "misses", "log", "log_weight")
+
+    def __init__(self, out, shape, misses, log, log_weight):
+        self.out, self.shape, self.misses, self.log, self.log_weight = out, shape, misses, log, log_weight
+
+    def log_ids(self):
+        return self.log
 
 
 class HostIndexedMemory(DeviceLookupTier):
@@ -40,14 +51,14 @@ class HostIndexedMemory(DeviceLookupTier):
         missing = np.flatnonzero(slots < 0)
         start, stride = log_sample(len(flat), self._turn)
         self._turn += 1
-        return Pending(out, tuple(np.shape(ids)), (missing, flat[missing]), None, None,
-                       flat[start::stride].copy(), stride)
+        return SampledPending(out, tuple(np.shape(ids)), (missing, flat[missing]),
+                              flat[start::stride].copy(), stride)
 
     def misses(self, pending):
         return pending.misses
 
-    def fill(self, pending, positions, rows):
-        pending.out[positions] = rows
+    def fill(self, pending, missed):
+        pending.out[missed.positions] = missed.rows[missed.which]
 
     def ready(self, pending):
         return pending.out.reshape(pending.shape + (self.dim,))

@@ -177,7 +177,9 @@ def test_triton_lookup_matches_the_torch_probe_and_lists_every_miss():
         want_miss = np.array([int(i) not in where for i in query])
         assert sorted(positions.tolist()) == np.flatnonzero(want_miss).tolist()
         np.testing.assert_array_equal(missed, query[positions])
-        mem.fill(pending, positions, np.zeros((len(positions), dim), dtype=dtype))
+        zeros = mem.missed_rows(len(positions), len(positions))
+        zeros.rows[...], zeros.positions[...], zeros.which[...] = 0, positions, np.arange(len(positions))
+        mem.fill(pending, zeros)
         out = mem.deliver(mem.ready(pending)).cpu().numpy().reshape(-1, dim)
         want = np.zeros((len(query), dim), dtype=dtype)
         hit = np.flatnonzero(~want_miss)
@@ -197,7 +199,7 @@ def test_resident_rows_are_served_without_the_host(tmp_path, monkeypatch):
         store.flush()                                # waits for the planner's rounds
         assert len(store._state.resident()) >= 900
         host_reads = []
-        monkeypatch.setattr(store, "_rows_of", lambda uniq: host_reads.append(uniq))
+        monkeypatch.setattr(store, "_rows_of", lambda uniq, rows, lent: host_reads.append(uniq))
         ids = torch.as_tensor(np.random.default_rng(13).choice(hot, (64, 64)), device="cuda")
         outs = [store.lookup(ids) for _ in range(5)]
         assert host_reads == []

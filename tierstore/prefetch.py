@@ -53,6 +53,12 @@ class LookupHandle:
         self.uniq: np.ndarray | None = None     # its unique ids, once it has run
         self.disk_rows_before = 0
         self.stale = False
+        # the lookup's last step (on CUDA: its misses), run by the first thread to ask, the
+        # worker or the caller of ``result``: a caller that arrives first saves a thread switch
+        self._finish = None
+        self._claim = threading.Lock()
+        self._finished = threading.Event()
+        self._error: BaseException | None = None
 
     def attach(self, future: Future):
         self.future = future
@@ -63,7 +69,30 @@ class LookupHandle:
         self._published = (ready, disk_rows)
         self._ready.set()
 
+    def finish_by_first(self, finish):
+        """``finish()``, the lookup's last step, is run by the first of the worker
+        (``run_finish``) and the caller of ``result`` to ask."""
+        self._finish = finish
+
+    def run_finish(self):
+        """Run the last step here unless another thread has; either way, return once it is
+        done (its error raised here too)."""
+        if self._claim.acquire(blocking=False):
+            try:
+                self._finish()
+            except BaseException as e:
+                self._error = e
+            finally:
+                self._finish = None         # it referred to this handle: no cycle kept
+                self._finished.set()
+        else:
+            self._finished.wait()
+        if self._error is not None:
+            raise self._error
+
     def _outcome(self, timeout):
+        if self._finish is not None:
+            self.run_finish()
         if not self._ready.wait(timeout):
             raise TimeoutError("the lookup has not finished")
         if self._published is None:        # it failed (or the store closed) before its rows

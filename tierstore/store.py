@@ -33,6 +33,11 @@ LOGGED_LOOKUP_MIN_IDS = 8192  # device="cpu": smaller lookups plan at once (see 
 PREFETCH_MIN_ROWS = 1 << 18
 WRITEBACK_MIN_ROWS = 1 << 12
 ACCESS_LOG_MAX_IDS = 1 << 20  # logged ids waiting for the planner; beyond, lookups go unplanned
+# lookups that all hit wait in the log until it holds this many ids (or a 16th of the memory's
+# rows, up to a quarter of the log) before a planning round: the planner's thread then holds
+# the GIL a sixteenth as often beside the caller's (docs/DESIGN_DECISIONS.md); a miss starts a
+# round at once, so admissions are never late
+PLAN_ROUND_MIN_IDS = 1 << 15
 
 
 @dataclass
@@ -131,6 +136,8 @@ class Store(TableStore):
         self._indexed_lookup = {"ids": 0, "through_host": 0}   # at lookup time, before planning
         self._log_scheduled = False
         self._log_planning = None      # the future of the last planning round submitted
+        self._plan_round_ids = min(ACCESS_LOG_MAX_IDS // 4,
+                                   max(PLAN_ROUND_MIN_IDS, config.memory_rows // 16))
         self._admitting = None         # the round that plans the last logged lookup with misses
         self._write_gen = 0          # bumped by every update
         self._recent_writes = []     # (gen, ids) of updates while prefetches are in flight
@@ -207,10 +214,10 @@ class Store(TableStore):
             self._check_open()
             gpu_ids = self._gpu_ids(ids)
             gen = self._write_gen
-            pending = self._memory.issue(gpu_ids)     # on the GPU now; the worker takes the misses
-            handle = LookupHandle(self._memory.deliver)
-            handle.attach(self._worker().submit(self._finish_ahead_on_gpu, handle, pending, gpu_ids,
-                                                gen))
+            pending = self._memory.issue(gpu_ids)     # on the GPU now; its misses are read by the
+            handle = LookupHandle(self._memory.deliver)   # worker, or by result() if it comes first
+            handle.finish_by_first(lambda: self._finish_ahead_on_gpu(handle, pending, gpu_ids, gen))
+            handle.attach(self._worker().submit(self._finish_once_listed, handle, pending))
             self._ahead.add(handle)
             self._prefetch_stats["lookups_ahead"] += 1
             return handle
@@ -242,6 +249,12 @@ class Store(TableStore):
             return self._memory.caller_ids(as_id_tensor(ids, self._memory.device_name))
         return as_id_array(ids, self.num_rows)
 
+    def _finish_once_listed(self, handle, pending):
+        """The worker's part of a lookup ahead on the GPU: once its miss list is on the host,
+        its last step, unless ``result()`` got there first."""
+        self._memory.wait_listed(pending)
+        handle.run_finish()
+
     def _finish_ahead_on_gpu(self, handle, pending, ids, gen):
         self._check_open()
         handle.disk_rows_before = self._disk_rows_read
@@ -272,22 +285,27 @@ class Store(TableStore):
                     # would be; again, with updates held off
                     return self._lookup_on_gpu(ids, locked=True)
                 uniq, inverse, counts = dedupe(missed)
-                order = np.argsort(uniq)
-                rows = self._rows_of(uniq[order])
-                row_of = np.empty_like(order)       # uniq[k]'s row is rows[row_of[k]]
+                order = np.argsort(uniq)          # rows are read for sorted ids
+                filled = self._memory.missed_rows(len(uniq), len(positions))
+                self._rows_of(uniq[order], filled.rows, filled.lent)
+                row_of = np.empty_like(order)       # uniq[k]'s row is filled.rows[row_of[k]]
                 row_of[order] = np.arange(len(order))
-            self._memory.fill(pending, positions, rows[row_of[inverse]])
-            self._log_access(pending, len(missed), uniq, counts)
+            filled.positions[...] = positions
+            filled.which[...] = row_of[inverse]
+            self._memory.fill(pending, filled)
         else:
-            self._log_access(pending, 0, missed, missed)
-        return self._memory.ready(pending)
+            uniq = counts = missed
+        ready = self._memory.ready(pending)
+        pending.out = None     # the output is the caller's; the log keeps the lookup's ids only
+        self._log_access(pending, len(missed), uniq, counts)
+        return ready
 
-    def _rows_of(self, ids):
-        """The current rows of sorted unique ``ids`` on the host (under the lock): memory,
-        staging, disk. Rows read from outside memory stay staged for the planner's admissions
-        (when none was in memory, the array itself: sorted ids are staged without a copy)."""
+    def _rows_of(self, ids, rows, lent):
+        """The current rows of sorted unique ``ids`` into ``rows``, on the host (under the
+        lock): memory, staging, disk. Rows read from outside memory stay staged for the
+        planner's admissions (when none was in memory, ``rows`` itself, unless it is ``lent``
+        memory of the tier: sorted ids are staged without a copy)."""
         _, slots = self._state.probe(ids)
-        rows = np.empty((len(ids), self.dim), dtype=self.dtype)
         resident = np.flatnonzero(slots >= 0)
         if len(resident):
             rows[resident] = self._memory.read(slots[resident])
@@ -299,7 +317,7 @@ class Store(TableStore):
             missing = missing[~staged]
         if len(missing) == len(ids):
             self._read_disk(ids, rows, missing)
-            self._staging.add(ids, rows)
+            self._staging.add(ids, rows.copy() if lent else rows)
         elif len(missing):
             self._read_disk(ids[missing], rows, missing)
             self._staging.add(ids[missing], rows[missing])
@@ -320,13 +338,27 @@ class Store(TableStore):
                 return
             self._access_log.append((pending, missed_ids, missed_counts, missed))
             self._log_ids += logged
-            if not self._log_scheduled:
-                self._log_scheduled = True
-                if self._planner is None:
-                    self._planner = ThreadPoolExecutor(1, thread_name_prefix="tierstore-planner")
-                self._log_planning = self._planner.submit(self._plan_logged)
+            if missed or self._log_ids >= self._plan_round_ids:
+                self._schedule_round()
             if missed:
                 self._admitting = self._log_planning
+
+    def _schedule_round(self):
+        """A planning round for the logged lookups, unless one is waiting (under the log lock)."""
+        if not self._log_scheduled:
+            self._log_scheduled = True
+            if self._planner is None:
+                self._planner = ThreadPoolExecutor(1, thread_name_prefix="tierstore-planner")
+            self._log_planning = self._planner.submit(self._plan_logged)
+
+    def _wait_planned(self):
+        """Every lookup logged so far planned (a round for those still waiting, then its end)."""
+        with self._log_lock:
+            if self._access_log:
+                self._schedule_round()
+            planning = self._log_planning
+        if planning is not None:       # it takes the lock itself: wait outside it
+            planning.result()
 
     def _plan_logged(self):
         """The planner thread's round: the lookups logged since the last round, as one batch."""
@@ -388,9 +420,7 @@ class Store(TableStore):
     @contextmanager
     def _exclusive(self):
         """The store's lock, once the planning of the lookups logged before is done."""
-        log_planning = self._log_planning
-        if log_planning is not None:      # it takes the lock itself: wait outside it
-            log_planning.result()
+        self._wait_planned()
         with self._lock:
             if self._warms:     # warm chunks read in the background enter memory here
                 admit_ready(self)

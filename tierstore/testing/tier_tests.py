@@ -164,7 +164,11 @@ class DeviceLookupTierTests(MemoryTierTests):
         pending = tier.issue(np.asarray(ids, dtype=np.int64))
         positions, missed = tier.misses(pending)
         if len(positions):
-            tier.fill(pending, positions, fill_with[:len(positions)])
+            rows = tier.missed_rows(len(positions), len(positions))
+            rows.rows[...] = fill_with[:len(positions)]
+            rows.positions[...] = positions
+            rows.which[...] = np.arange(len(positions))
+            tier.fill(pending, rows)
         return positions, missed, _host(tier.deliver(tier.ready(pending)))
 
     def test_lookup_finds_resident_rows_and_lists_the_others(self):
@@ -178,6 +182,23 @@ class DeviceLookupTierTests(MemoryTierTests):
         want[positions] = fill[:len(positions)]
         np.testing.assert_array_equal(out.reshape(6, self.dim), want)
         assert out.shape == (2, 3, self.dim)
+
+    def test_fill_puts_each_unique_row_wherever_its_id_missed(self):
+        tier, rows = self._indexed()
+        ids = np.array([7, 100, 7, 8, 7, 8], dtype=np.int64)       # 7 and 8 miss, 100 is slot 0
+        pending = tier.issue(ids)
+        positions, missed = tier.misses(pending)
+        assert sorted(positions.tolist()) == [0, 2, 3, 4, 5]
+        uniq, which = np.unique(missed, return_inverse=True)
+        given = tier.missed_rows(len(uniq), len(positions))
+        given.rows[...] = _pattern(len(uniq), self.dim, "float32", base=700)
+        given.positions[...] = positions
+        given.which[...] = which
+        tier.fill(pending, given)
+        out = _host(tier.deliver(tier.ready(pending)))
+        want = _pattern(2, self.dim, "float32", base=700)[[0, 0, 0, 1, 0, 1]]
+        want[1] = rows[0]
+        np.testing.assert_array_equal(out, want)
 
     def test_moves_reach_lookups_issued_after_their_commit_only(self):
         tier, rows = self._indexed()

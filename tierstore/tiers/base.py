@@ -19,8 +19,8 @@ slot map and calls, in this order and under the store's lock,
 
 :class:`DeviceLookupTier` (``CudaMemory``, ``tiers/cuda.py``): the tier finds rows itself,
 without the store's lock: ``issue(ids)`` starts the lookup, ``misses`` lists the ids found
-in neither slab, ``fill`` puts the rows the store read for them in place, ``ready`` closes
-it. The policy's moves come later, in rounds of the store's planner: ``read``,
+in neither slab, ``missed_rows`` gives arrays for the rows the store reads for them and
+``fill`` puts those in place, ``ready`` closes it. The policy's moves come later, in rounds of the store's planner: ``read``,
 ``fill_rows``, ``write``, ``retarget``, ``swap_index``, then ``commit``, which makes them
 visible to the lookups issued after it and to none issued before.
 
@@ -131,14 +131,37 @@ class DeviceLookupTier(MemoryTier):
         """Start the lookup of ``ids`` (int64 numpy, or what ``caller_ids`` gave), reading
         the slabs as the last ``commit`` left them; a handle for the calls below."""
 
+    def wait_listed(self, pending) -> None:
+        """Block until ``misses(pending)`` would not wait (a host tier's list is there at once)."""
+
     @abstractmethod
     def misses(self, pending) -> tuple[np.ndarray, np.ndarray]:
         """``(positions, ids)`` (flat positions in the lookup) of the ids in neither slab."""
 
+    def missed_rows(self, rows: int, positions: int) -> "MissedRows":
+        """Arrays for ``rows`` missed rows and the ``positions`` of the lookup's output they
+        go to, for ``fill``: the store reads the rows straight into them (a tier may give
+        memory it uploads without another copy, as CUDA's pinned staging)."""
+        return MissedRows(np.empty((rows, self.dim), dtype=self.dtype),
+                          np.empty(positions, dtype=np.int64), np.empty(positions, dtype=np.int64))
+
     @abstractmethod
-    def fill(self, pending, positions: np.ndarray, rows: np.ndarray) -> None:
-        """``rows[k]`` into the lookup's output at flat position ``positions[k]``."""
+    def fill(self, pending, missed: "MissedRows") -> None:
+        """``missed.rows[missed.which[k]]`` into the lookup's output at flat position
+        ``missed.positions[k]``, for every ``k``."""
 
     @abstractmethod
     def ready(self, pending):
         """The lookup's output, for ``deliver``."""
+
+
+class MissedRows:
+    """A lookup's missed rows on the host (one per unique id, in ``rows``) and, for each of
+    its output's positions that missed, ``positions[k]`` and ``which[k]``: the row of
+    ``rows`` that goes there. Made by :meth:`DeviceLookupTier.missed_rows`; ``lent``: the
+    arrays are the tier's memory, reused after ``fill`` (the store keeps copies, never them)."""
+    __slots__ = ("rows", "positions", "which")
+    lent = False
+
+    def __init__(self, rows: np.ndarray, positions: np.ndarray, which: np.ndarray):
+        self.rows, self.positions, self.which = rows, positions, which

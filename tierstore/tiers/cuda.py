@@ -24,16 +24,17 @@ commit's writes are done (an event).
 from __future__ import annotations
 
 import threading
+from collections import deque
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..kernels.batch import dedupe_last, gather_tiered
 from ._torch import torch_module
-from .base import DeviceLookupTier
+from .base import DeviceLookupTier, MissedRows
 from .gpu_index import GpuIndex
 from .memory import words
-from .triton_lookup import HostPointer, write_rows
+from .triton_lookup import HostPointer, scatter_rows, write_rows
 from .triton_lookup import lookup as triton_lookup
 
 ALIGN = 256          # bytes: each packed array starts at a multiple (any dtype's view is legal)
@@ -55,22 +56,33 @@ class _Slot:
         self.consumed = torch.cuda.Event()   # the stream that read ``dev`` is done with it
 
 
-class Uploader:
-    """Host arrays to the GPU through a ring of reusable pinned buffers, on a side stream.
+class Packed:
+    """Arrays packed into one pinned slot of an :class:`Uploader`: ``views`` (numpy, to fill
+    on the host) and where each lies in the slot."""
+    __slots__ = ("slot", "layout", "total", "views")
 
-    ``send(specs)``: ``specs`` is a list of ``(numpy dtype, shape, fill)``; each
-    ``fill(view)`` writes its array into a numpy view of pinned memory. All of
-    them travel in one non-blocking copy on the side stream; the current stream
-    waits for it through an event. Returns ``(slot, tensors)``; call
-    ``release(slot)`` once the work that reads the tensors has been issued.
+    def __init__(self, slot, layout, total, views):
+        self.slot, self.layout, self.total, self.views = slot, layout, total, views
+
+
+class Uploader:
+    """Host arrays to the GPU through reusable pinned buffers, on a side stream.
+
+    ``pack(specs)`` (``specs``: ``(numpy dtype, shape)`` pairs) takes a free pinned
+    slot and gives numpy views of it to fill, on any thread and without a lock
+    that lookups take; ``send(packed)`` copies them all in one non-blocking copy on
+    the side stream, which the current stream waits for through an event, and
+    gives the CUDA tensors; ``release(packed)``, once the work that reads those is
+    issued, frees the slot. A slot is reused once its last copy has left it.
     """
 
     def __init__(self, torch, device, slots: int = STAGING_SLOTS):
         self.torch = torch
         self.device = device
         self.stream = torch.cuda.Stream(device=device)
-        self.ring = [_Slot(torch) for _ in range(slots)]
-        self.next = 0
+        self.ring = [_Slot(torch) for _ in range(slots)]    # every slot made, for checks
+        self._free = deque(self.ring)     # oldest first: its copy is the likeliest done
+        self._lock = threading.Lock()
         self.bytes_sent = 0
         self.copies = 0
 
@@ -83,40 +95,53 @@ class Uploader:
         slot.host_np = slot.host.numpy()
         slot.capacity = capacity
 
-    def send(self, specs):
-        torch = self.torch
-        sizes = [_align(int(np.prod(shape)) * np.dtype(dt).itemsize) for dt, shape, _ in specs]
-        total = sum(sizes)
-        if total == 0:
-            return None, [torch.empty(shape, dtype=_torch_dtype(torch, dt), device=self.device)
-                          for dt, shape, _ in specs]
-        slot = self.ring[self.next]
-        self.next = (self.next + 1) % len(self.ring)
-        slot.copied.synchronize()            # this buffer's previous copy has left it
-        if slot.capacity < total:
-            self._grow(slot, total)
-        offset = 0
-        views = []
-        for (dt, shape, fill), size in zip(specs, sizes):
-            nbytes = int(np.prod(shape)) * np.dtype(dt).itemsize
-            fill(slot.host_np[offset:offset + nbytes].view(dt).reshape(shape))
-            views.append((offset, nbytes, dt, shape))
-            offset += size
-        current = torch.cuda.current_stream(self.device)
-        with torch.cuda.stream(self.stream):
-            self.stream.wait_event(slot.consumed)   # the last reader of ``dev`` is done
-            slot.dev[:total].copy_(slot.host[:total], non_blocking=True)
-            slot.copied.record(self.stream)
-        current.wait_event(slot.copied)
-        self.bytes_sent += total
-        self.copies += 1
-        tensors = [slot.dev[o:o + n].view(_torch_dtype(torch, dt)).view(shape)
-                   for o, n, dt, shape in views]
-        return slot, tensors
+    def _take(self) -> _Slot:
+        with self._lock:
+            if self._free:
+                return self._free.popleft()
+            slot = _Slot(self.torch)          # every slot busy: one more
+            self.ring.append(slot)
+            return slot
 
-    def release(self, slot):
-        if slot is not None:
-            slot.consumed.record(self.torch.cuda.current_stream(self.device))
+    def pack(self, specs) -> Packed:
+        layout, total = [], 0
+        for dt, shape in specs:
+            nbytes = int(np.prod(shape)) * np.dtype(dt).itemsize
+            layout.append((total, nbytes, np.dtype(dt), tuple(shape)))
+            total += _align(nbytes)
+        slot = self._take()
+        slot.copied.synchronize()            # this buffer's previous copy has left it
+        if slot.host is None or slot.capacity < total:
+            self._grow(slot, total)
+        views = [slot.host_np[o:o + n].view(dt).reshape(shape) for o, n, dt, shape in layout]
+        return Packed(slot, layout, total, views)
+
+    def send(self, packed: Packed):
+        torch = self.torch
+        slot, total = packed.slot, packed.total
+        current = torch.cuda.current_stream(self.device)
+        if total:
+            with torch.cuda.stream(self.stream):
+                self.stream.wait_event(slot.consumed)   # the last reader of ``dev`` is done
+                slot.dev[:total].copy_(slot.host[:total], non_blocking=True)
+                slot.copied.record(self.stream)
+            current.wait_event(slot.copied)
+            self.bytes_sent += total
+            self.copies += 1
+        return [slot.dev[o:o + n].view(_torch_dtype(torch, dt)).view(shape)
+                for o, n, dt, shape in packed.layout]
+
+    def release(self, packed: Packed):
+        packed.slot.consumed.record(self.torch.cuda.current_stream(self.device))
+        with self._lock:
+            self._free.append(packed.slot)
+
+    def upload(self, arrays):
+        """``arrays`` (numpy) to the GPU: ``(packed, tensors)``; ``release(packed)`` after."""
+        packed = self.pack([(a.dtype, a.shape) for a in arrays])
+        for view, a in zip(packed.views, arrays):
+            view[...] = a
+        return packed, self.send(packed)
 
 
 def _torch_dtype(torch, dtype):
@@ -131,11 +156,9 @@ def log_sample(n: int, turn: int) -> tuple[int, int]:
     return turn % stride, stride
 
 
-def _copy_into(src):
-    """A ``fill`` that writes ``src`` into the view."""
-    def fill(view):
-        view[...] = src
-    return fill
+def sample_size(n: int, start: int, stride: int) -> int:
+    """How many of ``range(start, n, stride)``."""
+    return max(0, (n - start + stride - 1) // stride)
 
 
 class Ready:
@@ -157,23 +180,31 @@ class CallerIds:
 
 
 class Pending:
-    """A lookup issued on the GPU: its output (misses not yet filled), its miss list on the way
-    back to the host, and its ids for the planner's access log."""
-    __slots__ = ("out", "shape", "misses", "misses_host", "copied", "log", "log_weight")
+    """A lookup issued on the GPU: its output (misses not yet filled), and the head of its
+    *scratch* (``[miss count | logged ids | (position, id) pairs]``) on its way back to the
+    host in one copy; the logged ids, once read back, for the planner's access log."""
+    __slots__ = ("out", "shape", "scratch", "head", "copied", "logged", "log", "log_weight")
 
-    def __init__(self, out, shape, misses, misses_host, copied, log, log_weight):
+    def __init__(self, out, shape, scratch, head, copied, logged, log_weight):
         self.out, self.shape = out, shape
-        self.misses, self.misses_host, self.copied = misses, misses_host, copied
-        self.log = log            # the logged ids on the host: numpy, or (pinned tensor, event)
-        self.log_weight = log_weight    # lookups each logged id stands for
+        self.scratch, self.head, self.copied = scratch, head, copied
+        self.logged = logged          # how many ids of the lookup the log holds
+        self.log = None               # those ids on the host, once ``misses`` has read them
+        self.log_weight = log_weight  # lookups each logged id stands for
 
     def log_ids(self) -> np.ndarray:
-        """The lookup's logged ids on the host (waits for their copy back from the GPU)."""
-        if isinstance(self.log, np.ndarray):
-            return self.log
-        host, event = self.log
-        event.synchronize()
-        return host.numpy()
+        """The lookup's logged ids on the host (read back with its misses)."""
+        return self.log
+
+
+class CudaMissedRows(MissedRows):
+    """Missed rows and their positions in a pinned slot of the tier's uploader."""
+    __slots__ = ("packed",)
+    lent = True
+
+    def __init__(self, packed: Packed):
+        super().__init__(*packed.views)
+        self.packed = packed
 
 
 class CudaMemory(DeviceLookupTier):
@@ -237,76 +268,85 @@ class CudaMemory(DeviceLookupTier):
 
     def issue(self, ids) -> Pending:
         """Start the lookup of ``ids`` (an int64 numpy array, or :class:`CallerIds`) on the
-        tier's stream: resident rows gathered, misses listed."""
+        tier's stream: resident rows gathered, misses listed, a sample of the ids logged."""
         torch = self._torch
         on_gpu = isinstance(ids, CallerIds)
         shape = tuple(ids.ids.shape if on_gpu else ids.shape)
         n = int(np.prod(shape))
+        # the planner sees a sample of a large lookup: an odd stride (prime to the heads'
+        # count of an Engram batch) from an offset that turns, so every id's turn comes
+        start, stride = log_sample(n, self._log_turn)
+        self._log_turn += 1
+        logged = sample_size(n, start, stride)
+        head = 1 + logged + 2 * min(n, MISS_PAIRS)
         with self.launch, torch.cuda.stream(self.stream):
-            upload = None
+            packed = None
             if on_gpu:
                 self.stream.wait_event(ids.event)
                 flat = ids.ids.reshape(-1)
                 flat.record_stream(self.stream)
             else:
-                flat_np = ids.reshape(-1)
-                upload, (flat,) = self.uploader.send([(np.int64, (n,), _copy_into(flat_np))])
+                packed, (flat,) = self.uploader.upload([ids.reshape(-1)])
             out = torch.empty((n, self.dim), dtype=self._tdtype, device=self.device_name)
-            misses = torch.empty(1 + 2 * n, dtype=torch.int64, device=self.device_name)
-            misses[:1].zero_()
+            scratch = torch.empty(1 + logged + 2 * n, dtype=torch.int64, device=self.device_name)
+            scratch[:1].zero_()
             triton_lookup(flat, self.index.dev_keys, self.index.dev_vals, self.index.rounds,
-                          self.slab, self._ram_pointer, self.device_rows, out, misses)
-            head = min(len(misses), 1 + 2 * MISS_PAIRS)
-            misses_host = torch.empty(head, dtype=torch.int64, pin_memory=True)
-            misses_host.copy_(misses[:head], non_blocking=True)
+                          self.slab, self._ram_pointer, self.device_rows, out, scratch,
+                          start, stride, logged)
+            host = torch.empty(head, dtype=torch.int64, pin_memory=True)
+            host.copy_(scratch[:head], non_blocking=True)
             copied = torch.cuda.Event()
             copied.record(self.stream)
-            # the planner sees a sample of a large lookup: an odd stride (prime to the heads'
-            # count of an Engram batch) from an offset that turns, so every id's turn comes
-            start, stride = log_sample(n, self._log_turn)
-            self._log_turn += 1
-            if on_gpu:
-                sample = flat[start::stride]
-                host_ids = torch.empty(len(sample), dtype=torch.int64, pin_memory=True)
-                host_ids.copy_(sample, non_blocking=True)
-                logged = torch.cuda.Event()
-                logged.record(self.stream)
-                log = (host_ids, logged)
-            else:
-                log = flat_np[start::stride].copy()
-            self.uploader.release(upload)
-        return Pending(out, shape, misses, misses_host, copied, log, stride)
+            if packed is not None:
+                self.uploader.release(packed)
+        return Pending(out, shape, scratch, host, copied, logged, stride)
+
+    def wait_listed(self, pending: Pending):
+        """Block until the lookup's miss list is on the host (the GIL released meanwhile)."""
+        pending.copied.synchronize()
 
     def misses(self, pending: Pending):
-        """``(positions, ids)`` of the lookup's ids found in neither tier (waits for its list)."""
+        """``(positions, ids)`` of the lookup's ids found in neither tier (waits for its list);
+        its logged ids are read back with them."""
         torch = self._torch
         pending.copied.synchronize()
-        head = pending.misses_host.numpy()
-        count = int(head[0])
-        pairs = head[1:1 + 2 * count]
+        head = pending.head.numpy()
+        count, logged = int(head[0]), pending.logged
+        pending.log = head[1:1 + logged].copy()
+        pairs = head[1 + logged:1 + logged + 2 * count]
         if 2 * count > len(pairs):                   # more than the first copy carried
             with torch.cuda.stream(self.stream):
                 rest = torch.empty(2 * count, dtype=torch.int64, pin_memory=True)
-                rest.copy_(pending.misses[1:1 + 2 * count], non_blocking=True)
+                rest.copy_(pending.scratch[1 + logged:1 + logged + 2 * count], non_blocking=True)
                 done = torch.cuda.Event()
                 done.record(self.stream)
             done.synchronize()
             pairs = rest.numpy()
-        pending.misses = pending.misses_host = None
+        pending.scratch = pending.head = None
         return pairs[0::2].copy(), pairs[1::2].copy()
 
-    def fill(self, pending: Pending, positions: np.ndarray, rows: np.ndarray):
-        """Missed rows into the lookup's output: ``rows[k]`` at flat position ``positions[k]``."""
+    def missed_rows(self, rows: int, positions: int) -> CudaMissedRows:
+        """Pinned arrays for the missed rows and their positions: ``fill`` uploads them as
+        they are, in one copy."""
+        return CudaMissedRows(self.uploader.pack([(self.dtype, (rows, self.dim)),
+                                                  (np.int64, (positions,)),
+                                                  (np.int64, (positions,))]))
+
+    def fill(self, pending: Pending, missed: MissedRows):
+        """Missed rows into the lookup's output (:meth:`DeviceLookupTier.fill`): one copy of
+        the pinned slot, one kernel that puts each row where it goes."""
         torch = self._torch
-        if not len(positions):
+        if not len(missed.positions):
             return
+        if not isinstance(missed, CudaMissedRows):        # arrays made elsewhere: packed first
+            mine = self.missed_rows(len(missed.rows), len(missed.positions))
+            mine.rows[...], mine.positions[...], mine.which[...] = (missed.rows, missed.positions,
+                                                                    missed.which)
+            missed = mine
         with torch.cuda.stream(self.stream):
-            slot, (index, values) = self.uploader.send([
-                (np.int64, (len(positions),), _copy_into(positions)),
-                (self.dtype, (len(positions), self.dim), _copy_into(rows)),
-            ])
-            pending.out.index_copy_(0, index, values)
-            self.uploader.release(slot)
+            rows, positions, which = self.uploader.send(missed.packed)
+            scatter_rows(rows, positions, which, pending.out)
+            self.uploader.release(missed.packed)
 
     def ready(self, pending: Pending) -> Ready:
         """The lookup's output, its rows all in place once its event completes."""
@@ -369,31 +409,33 @@ class CudaMemory(DeviceLookupTier):
         self._index_dirty = True
 
     def commit(self):
-        """Issue the buffered writes and index changes on the tier's stream, between lookups."""
+        """Issue the buffered writes and index changes on the tier's stream, between lookups.
+        Everything is packed into pinned memory first, outside the launch lock, so a lookup
+        waits at most for a copy and two kernels to be queued."""
         torch = self._torch
         if not self._writes and not self._index_dirty:
             return
-        specs = []
+        arrays = []
         if self._writes:
             # later writes to a slot win, and the kernel writes each slot once
             slots, last = dedupe_last(np.concatenate([w[0] for w in self._writes]))
-            rows = np.concatenate([w[1] for w in self._writes])[last]
-            specs += [(np.int64, (len(slots),), _copy_into(slots)),
-                      (self.dtype, (len(slots), self.dim), _copy_into(rows))]
+            arrays += [slots, np.concatenate([w[1] for w in self._writes])[last]]
+        index_arrays = []
         if self._index_dirty:
             pos, keys, vals = self.index.changes()
-            if pos is not None:
-                specs.append((np.int64, (len(pos),), _copy_into(pos)))
-            specs += [(np.int64, (len(keys),), _copy_into(keys)),
-                      (np.int32, (len(vals),), _copy_into(vals))]
+            index_arrays = [pos, keys, vals] if pos is not None else [keys, vals]
+            arrays += index_arrays
+        packed = self.uploader.pack([(a.dtype, a.shape) for a in arrays])
+        for view, a in zip(packed.views, arrays):
+            view[...] = a
         with self.launch, torch.cuda.stream(self.stream):
-            slot, tensors = self.uploader.send(specs)
+            tensors = self.uploader.send(packed)
             if self._writes:
                 write_rows(tensors[0], tensors[1], self.slab, self._ram_pointer, self.device_rows)
                 tensors = tensors[2:]
             if self._index_dirty:
-                self.index.load(*(tensors if pos is not None else [None] + tensors))
-            self.uploader.release(slot)
+                self.index.load(*(tensors if len(index_arrays) == 3 else [None] + tensors))
+            self.uploader.release(packed)
             self._committed = torch.cuda.Event()
             self._committed.record(self.stream)
         self._writes = []

@@ -23,7 +23,7 @@ import numpy as np
 from ..kernels.batch import dedupe_last, gather_tiered
 from ..kernels.host_index import (EMPTY, index_buckets, index_gather, index_retarget, index_slots,
                                   index_swap, new_host_index)
-from .base import DeviceLookupTier, HostLookupTier
+from .base import DeviceLookupTier, HostLookupTier, MissedRows
 
 # the index at most 0.6 full (buckets sized to the capacity, not a power of two): 6.7 bytes of
 # buckets and 8 of ``owner`` a cached row. The probe and copy of 65,536-id Zipf batches against
@@ -126,16 +126,15 @@ class HostMemory(HostLookupTier, DeviceLookupTier):
         """``(positions, ids)`` of the lookup's ids found in neither tier."""
         return pending.missed, pending.ids[pending.missed]
 
-    def fill(self, pending: HostPending, positions: np.ndarray, rows: np.ndarray):
-        """Missed rows into the lookup's output: ``rows[k]`` at flat position ``positions[k]``.
-        Where every id missed (positions 0..n-1) and ``rows`` owns its data, the output is
-        ``rows`` itself: the store hands over a new array, and nothing is copied."""
-        out = pending.out
-        if (len(positions) == len(out) and rows.base is None and rows.dtype == out.dtype
-                and rows.shape == out.shape and rows.flags.c_contiguous):
-            pending.out = rows
+    def fill(self, pending: HostPending, missed: MissedRows):
+        """Missed rows into the lookup's output (:meth:`DeviceLookupTier.fill`). Where every id
+        missed (its positions, listed in order, are then 0..n-1), the gather of the rows makes
+        the output itself: nothing is copied twice."""
+        positions = missed.positions
+        if len(positions) == len(pending.out) and (positions[1:] > positions[:-1]).all():
+            pending.out = missed.rows[missed.which]
         else:
-            pending.out[positions] = rows
+            pending.out[positions] = missed.rows[missed.which]
 
     def ready(self, pending: HostPending) -> np.ndarray:
         """The lookup's output in the ids' shape."""

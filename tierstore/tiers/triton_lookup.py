@@ -2,11 +2,12 @@
 
 :func:`lookup` probes the GPU index (:mod:`.gpu_index`) for each id, copies
 its row from the HBM slab (device slots) or straight from the pinned RAM slab
-over PCIe (RAM slots; the GPU reads host memory through UVA), and appends the
-ids found in neither to a miss list (a count, then ``(position, id)`` pairs):
-the only thing the host reads back. :func:`write_rows` writes rows into slots
-of either slab, so every change of a slab is ordered on the tier's stream
-with the lookups that read it.
+over PCIe (RAM slots; the GPU reads host memory through UVA), writes the ids
+of the planner's sample, and appends the ids found in neither to a miss list
+(a count, then ``(position, id)`` pairs): one buffer, the only thing the host
+reads back. :func:`scatter_rows` puts the rows the host read for the misses in
+place; :func:`write_rows` writes rows into slots of either slab, so every
+change of a slab is ordered on the tier's stream with the lookups that read it.
 
 The RAM slab is pinned host memory that torch allocated; Triton takes it
 through :class:`HostPointer` (a device-visible pointer with a dtype), since
@@ -44,12 +45,15 @@ def _kernels():
                           "pip install triton") from None
 
     @triton.jit
-    def lookup_kernel(ids_ptr, keys_ptr, vals_ptr, slab_ptr, ram_ptr, out_ptr, miss_ptr,
+    def lookup_kernel(ids_ptr, keys_ptr, vals_ptr, slab_ptr, ram_ptr, out_ptr, scratch_ptr,
                       n, mask, rounds, device_rows, dim, miss_cap, m1, m2,
+                      sample_start, sample_stride, logged,
                       BLOCK: tl.constexpr, DIM: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         live = offs < n
         key = tl.load(ids_ptr + offs, mask=live, other=0)
+        in_sample = live & (offs >= sample_start) & ((offs - sample_start) % sample_stride == 0)
+        tl.store(scratch_ptr + 1 + (offs - sample_start) // sample_stride, key, mask=in_sample)
         z = key.to(tl.uint64, bitcast=True)
         z = (z ^ (z >> 30)) * m1
         z = (z ^ (z >> 27)) * m2
@@ -79,11 +83,24 @@ def _kernels():
         miss = live & (slot < 0)
         count = tl.sum(miss.to(tl.int64), axis=0)
         if count > 0:
-            base = tl.atomic_add(miss_ptr, count)
+            base = tl.atomic_add(scratch_ptr, count)
             at = base + tl.cumsum(miss.to(tl.int64), axis=0) - 1
             keep = miss & (at < miss_cap)
-            tl.store(miss_ptr + 1 + 2 * at, offs, mask=keep)
-            tl.store(miss_ptr + 2 + 2 * at, key, mask=keep)
+            pairs = scratch_ptr + 1 + logged
+            tl.store(pairs + 2 * at, offs, mask=keep)
+            tl.store(pairs + 1 + 2 * at, key, mask=keep)
+
+    @triton.jit
+    def scatter_kernel(rows_ptr, positions_ptr, which_ptr, out_ptr, n, dim,
+                       BLOCK: tl.constexpr, DIM: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        live = offs < n
+        at = tl.load(positions_ptr + offs, mask=live, other=0)
+        src = tl.load(which_ptr + offs, mask=live, other=0)
+        cols = tl.arange(0, DIM)
+        in_row = live[:, None] & (cols < dim)[None, :]
+        row = tl.load(rows_ptr + src[:, None] * dim + cols[None, :], mask=in_row)
+        tl.store(out_ptr + at[:, None] * dim + cols[None, :], row, mask=in_row)
 
     @triton.jit
     def write_kernel(slots_ptr, rows_ptr, slab_ptr, ram_ptr, n, device_rows, dim,
@@ -100,28 +117,41 @@ def _kernels():
         tl.store(ram_ptr + (slot - device_rows)[:, None] * dim + cols[None, :], row,
                  mask=on_ram[:, None] & in_row)
 
-    return triton, lookup_kernel, write_kernel
+    return triton, lookup_kernel, write_kernel, scatter_kernel
 
 
-def lookup(ids, keys, vals, rounds: int, slab, ram: HostPointer, device_rows: int, out, misses):
+def lookup(ids, keys, vals, rounds: int, slab, ram: HostPointer, device_rows: int, out, scratch,
+           sample_start: int, sample_stride: int, logged: int):
     """Rows of the int64 CUDA tensor ``ids`` into ``out`` (``len(ids) x dim``), on the current
-    stream; ids in neither slab get zeros and go to ``misses`` (int64, zeroed by the caller:
-    ``[count, pos0, id0, pos1, id1, ...]``, as many pairs as fit)."""
-    triton, kernel, _ = _kernels()
+    stream. ``scratch`` (int64, its first element zeroed by the caller) receives
+    ``[count | ids[sample_start::sample_stride] (logged of them) | pos0, id0, pos1, id1, ...]``:
+    the ids in neither slab (their rows in ``out`` are zeros), as many pairs as fit."""
+    triton, kernel, _, _ = _kernels()
     n, dim = len(ids), out.shape[1]
     if n == 0:
         return
     kernel[(triton.cdiv(n, BLOCK_IDS),)](
-        ids, keys, vals, slab, ram, out, misses, n, len(keys) - 1, rounds, device_rows, dim,
-        (len(misses) - 1) // 2, M1, M2, BLOCK=BLOCK_IDS, DIM=triton.next_power_of_2(dim))
+        ids, keys, vals, slab, ram, out, scratch, n, len(keys) - 1, rounds, device_rows, dim,
+        (len(scratch) - 1 - logged) // 2, M1, M2, sample_start, sample_stride, logged,
+        BLOCK=BLOCK_IDS, DIM=triton.next_power_of_2(dim))
+
+
+def scatter_rows(rows, positions, which, out):
+    """``out[positions[k]] = rows[which[k]]`` (CUDA tensors; int64 indices), on the current
+    stream."""
+    triton, _, _, kernel = _kernels()
+    n, dim = len(positions), out.shape[1]
+    if n == 0:
+        return
+    kernel[(triton.cdiv(n, BLOCK_IDS),)](rows, positions, which, out, n, dim,
+                                         BLOCK=BLOCK_IDS, DIM=triton.next_power_of_2(dim))
 
 
 def write_rows(slots, rows, slab, ram: HostPointer, device_rows: int):
     """``rows[k]`` into physical slot ``slots[k]`` (int64 CUDA tensors), on the current stream."""
-    triton, _, kernel = _kernels()
+    triton, _, kernel, _ = _kernels()
     n, dim = len(slots), rows.shape[1]
     if n == 0:
         return
     kernel[(triton.cdiv(n, BLOCK_IDS),)](slots, rows, slab, ram, n, device_rows, dim,
                                          BLOCK=BLOCK_IDS, DIM=triton.next_power_of_2(dim))
-
