@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import torch
 
-from tierstore.tiers.base import DeviceLookupTier
+from tierstore.tiers.base import DeviceLookupTier, MissedRows
 from tierstore.tiers.cuda import log_sample
 from tierstore.tiers.gpu_index import GpuIndex
 from tierstore.tiers.memory import HostMemory
@@ -28,6 +28,12 @@ class SampledPending:
         return self.log
 
 
+class LentRows(MissedRows):
+    """Missed rows in the double's one reused buffer, as CUDA's are in its pinned staging."""
+    __slots__ = ()
+    lent = True
+
+
 class HostIndexedMemory(DeviceLookupTier):
     def __init__(self, device_rows, ram_rows, dim, dtype):
         self.device_rows, self.dim, self.dtype = device_rows, dim, np.dtype(dtype)
@@ -35,6 +41,7 @@ class HostIndexedMemory(DeviceLookupTier):
         self.shadow = np.zeros((device_rows, dim), dtype=self.dtype)
         self.index = GpuIndex(device_rows + ram_rows, "cpu", torch)
         self._writes = []
+        self._lent = np.empty(0, dtype=self.dtype)
         self._turn = 0
         self.launch = threading.Lock()    # a lookup and a commit never interleave (the stream's order)
 
@@ -56,6 +63,15 @@ class HostIndexedMemory(DeviceLookupTier):
 
     def misses(self, pending):
         return pending.misses
+
+    def missed_rows(self, rows, positions):
+        """As CUDA's: lent memory, the same buffer every time (a store that kept the rows
+        instead of a copy would see them change under it)."""
+        need = rows * self.dim
+        if len(self._lent) < need:
+            self._lent = np.empty(2 * need, dtype=self.dtype)
+        return LentRows(self._lent[:need].reshape(rows, self.dim), np.empty(positions, dtype=np.int64),
+                        np.empty(positions, dtype=np.int64))
 
     def fill(self, pending, missed):
         pending.out[missed.positions] = missed.rows[missed.which]
