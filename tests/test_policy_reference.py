@@ -11,6 +11,7 @@ from hypothesis import assume, given, settings, strategies as st
 sys.path.insert(0, os.path.dirname(__file__))
 import naive  # noqa: E402
 
+from tierstore.kernels.sketch import sketch_estimate  # noqa: E402
 from tierstore.policy import POLICIES  # noqa: E402
 from tierstore.policy.planner import simulate_lookahead, simulate_trace  # noqa: E402
 from tierstore.policy.queries import check_invariants  # noqa: E402
@@ -110,6 +111,18 @@ def test_lru_evicts_least_recent():
     _simulate(state, [1, 2, 3, 1, 4], 1)
     assert set(state.resident()) == {1, 3, 4}
     assert (_hits(state), _misses(state)) == (1, 4)
+
+
+@pytest.mark.parametrize("policy, kept", [("adaptive", True), ("wtinylfu", False)])
+def test_row_used_again_in_the_window_enters_main(policy, kept):
+    """``adaptive`` lets a row used again in its window into main whatever the sketch says;
+    ``wtinylfu`` asks the sketch, which counts main's rows more often."""
+    state = CacheState.new(0, 100, policy)    # a window of one row
+    main = list(range(1000, 1100))
+    _simulate(state, main * 3 + [7, 7, 8], 1)
+    assert sketch_estimate(state.sketch, 7) < min(sketch_estimate(state.sketch, i) for i in main)
+    assert (7 in state.resident()) == kept
+    assert 8 in state.resident()
 
 
 # =========================================================================== invariants

@@ -29,9 +29,10 @@ from .lookahead import ahead_add, ahead_remove
 from .free_slots import free_ram_slot, take_free_device_slot, take_free_slot
 from .residency import on_hit, on_insert, on_remove, pick_victim, record_access
 from .stamps import keep_stamps_narrow
-from .state import (DISK_READS, ADMISSIONS, BAR_RESCAN, BAR_SKIPS, BORN, CAPACITY, DEMOTIONS, DEVICE_BAR, DEVICE_HAND, DEVICE_HITS, DEVICE_ROWS,
+from .state import (ADAPTIVE, DISK_READS, ADMISSIONS,
+                    BAR_RESCAN, BAR_SKIPS, BORN, CAPACITY, DEMOTIONS, DEVICE_BAR, DEVICE_HAND, DEVICE_HITS, DEVICE_ROWS,
                     DEVICE_SAMPLE, DIRTY, EPOCH, EVICTIONS, MOVED, FREE_DEVICE, MISSES, PROMOTIONS,
-                    RAM_HITS, USED, VICTIM_FROM_MAIN, WRITEBACKS)
+                    POLICY, RAM_HITS, REUSED, USED, VICTIM_FROM_MAIN, WINDOW, WRITEBACKS)
 
 MAX_COUNT = 255
 
@@ -67,8 +68,10 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
         prior = 0 if hit else sketch_estimate(sketch, key)
         sketch_add(sketch, sketch_state, key, min(c, MAX_COUNT))
         if hit:
+            if meta[POLICY] == ADAPTIVE and seg[e] == WINDOW:
+                flags[e] |= REUSED
             on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, c)
-            record_access(meta, fmeta, seg, prev, nxt, True, c, -1)
+            record_access(meta, fmeta, seg, prev, nxt, sketch_state, True, c, -1)
             fresh[u] = False
         else:
             ghost = ghost_take(meta, ghost_ring, ghost_map, key)
@@ -79,7 +82,7 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
                 phys[e] = p
                 owner[p] = e
             else:
-                e = pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch, st.ahead_keys, st.ahead_vals)
+                e = pick_victim(meta, seg, prev, nxt, heap, entry_id, flags, sketch, st.ahead_keys, st.ahead_vals)
                 on_remove(meta, seg, prev, nxt, freq, stamp, heap, hpos, e)
                 ghost_push(meta, ghost_ring, ghost_map, meta[VICTIM_FROM_MAIN], entry_id[e])
                 entry_map_delete(entry_map, entry_id, entry_id[e])
@@ -98,7 +101,7 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
             flags[e] = BORN
             on_insert(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, c, prior)
             meta[ADMISSIONS] += 1
-            record_access(meta, fmeta, seg, prev, nxt, False, c, ghost)
+            record_access(meta, fmeta, seg, prev, nxt, sketch_state, False, c, ghost)
             fresh[u] = True
         aslot[u] = e  # the entry for now: it may yet be evicted, or taken by a later id
     for u in range(len(uniq)):

@@ -12,16 +12,19 @@ often than main's oldest probationary row. ``adaptive`` resizes the window from
 two ghosts of recently evicted ids (``record_access``; ``policy/ghosts.py``), so it
 drifts toward LRU on streams whose popular set moves and toward LFU on stationary
 ones. (Caffeine's hill climbing on the hit ratio of successive samples was replaced:
-it oscillated on drifting streams; docs/DESIGN_DECISIONS.md.)
+it oscillated on drifting streams; docs/DESIGN_DECISIONS.md.) ``adaptive`` also lets a
+row used again while in the window into main without the sketch's verdict, and shortens
+the sketch's memory as the window grows (``PERIOD_MIN``, ``PERIOD_MAX``).
 """
 import numpy as np
 from numba import njit
 
-from ..kernels.sketch import sketch_estimate
+from ..kernels.sketch import SAMPLE_SIZE as SKETCH_SAMPLE, sketch_estimate
 from .heap import heap_push, heap_remove, heap_sift_down
 from .lookahead import is_ahead
 from .lists import list_back, list_push_front, list_remove, list_size
 from .state import (AHEAD_WALK, REPEAT_ADMIT, ADAPTIVE, CAPACITY, GHOST_HITS, GHOST_MARGIN, HILL_STEP, LFU, LRU, NO_SEGMENT, POLICY,
+                    PERIOD_MAX, PERIOD_MIN, REUSED,
                     PROBATION, PROTECTED, PROTECTED_CAP, PROTECTED_SHARE, SAMPLE_HITS,
                     SAMPLE_MISSES, SAMPLE_SIZE, STEP, TICK, VICTIM_FROM_MAIN,
                     WINDOW, WINDOW_CAP, WINDOW_F, RECENT_SHIFT)
@@ -114,7 +117,7 @@ def _oldest_not_ahead(meta, prev, entry_id, ahead_keys, ahead_vals, segment):
 
 
 @njit(cache=True, _nrt=False)
-def pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch, ahead_keys, ahead_vals):
+def pick_victim(meta, seg, prev, nxt, heap, entry_id, flags, sketch, ahead_keys, ahead_vals):
     """The entry to evict when memory is full and a newcomer must enter. Rows that lookups
     already submitted will use (``lookahead``) are passed over where another is near."""
     policy = meta[POLICY]
@@ -137,10 +140,11 @@ def pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch, ahead_keys, ahead_
         meta[VICTIM_FROM_MAIN] = 0
         return list_back(meta, WINDOW)
     candidate = list_back(meta, WINDOW)
-    # TinyLFU admission: the window's oldest row enters main only if used more often. (Also
-    # admitting it when a submitted lookup will use it cost 1 point at 10% on real text.)
-    if victim >= 0 and sketch_estimate(sketch, entry_id[candidate]) > \
-            sketch_estimate(sketch, entry_id[victim]):
+    # TinyLFU admission: the window's oldest row enters main only if used more often, or
+    # (``adaptive``) if it was used again in the window, as S3-FIFO's small queue promotes.
+    # (Also admitting it when a submitted lookup will use it cost 1 point at 10% on real text.)
+    if victim >= 0 and (flags[candidate] & REUSED or sketch_estimate(
+            sketch, entry_id[candidate]) > sketch_estimate(sketch, entry_id[victim])):
         _move(meta, seg, prev, nxt, candidate, PROBATION)
         return victim
     meta[VICTIM_FROM_MAIN] = 0
@@ -148,7 +152,7 @@ def pick_victim(meta, seg, prev, nxt, heap, entry_id, sketch, ahead_keys, ahead_
 
 
 @njit(cache=True, _nrt=False)
-def record_access(meta, fmeta, seg, prev, nxt, hit, count, ghost):
+def record_access(meta, fmeta, seg, prev, nxt, sketch_state, hit, count, ghost):
     """Count one id's accesses for the adaptive window; every sample, move the window.
 
     ``ghost`` tells which ghost a missed id was found in (-1: none). Over a sample
@@ -194,5 +198,8 @@ def record_access(meta, fmeta, seg, prev, nxt, hit, count, ghost):
     fmeta[WINDOW_F] = min(max(fmeta[WINDOW_F], 1.0), top)
     meta[WINDOW_CAP] = np.int64(fmeta[WINDOW_F] + 0.5)
     meta[PROTECTED_CAP] = np.int64(PROTECTED_SHARE * (capacity - meta[WINDOW_CAP]))
+    main_share = 1.0 - fmeta[WINDOW_F] / capacity
+    period = max(PERIOD_MIN, PERIOD_MAX * main_share * main_share)
+    sketch_state[SKETCH_SAMPLE] = np.int64(period * max(capacity, 16))
     _shrink_window(meta, seg, prev, nxt)
     _shrink_protected(meta, seg, prev, nxt)

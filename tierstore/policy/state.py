@@ -40,6 +40,8 @@ NO_SEGMENT, WINDOW, PROBATION, PROTECTED = -1, 0, 1, 2
 # being planned; its row moved between device and RAM in that batch (both cleared before
 # the batch's plan returns, so they need no batch number beside them)
 DIRTY, BORN, MOVED = 1, 2, 4
+# ``adaptive``: the row was used again while in the window (its exit to main skips TinyLFU)
+REUSED = 8
 
 # ghosts: ids the window evicted (TinyLFU refused them main) and ids main evicted
 GHOST_WINDOW, GHOST_MAIN = 0, 1
@@ -57,6 +59,12 @@ BAR_RESCAN = 64  # a candidate under the last scan's bar skips the scan, but not
 # probation segment directly, as a hit in ARC's ghost enters its frequent list; +1.2 points on
 # real text at 5% of the rows, +0.5 on Zipf 1.0 at 1% (docs/BENCHMARKS.md)
 REPEAT_ADMIT = 3
+# ``adaptive``: the sketch halves its counters every ``capacity * max(PERIOD_MIN, PERIOD_MAX *
+# main_share ** 2)`` additions, ``main_share`` being the share of memory the ghosts left to main
+# (Caffeine's period, and ``wtinylfu``'s, is a fixed 10 x capacity). The more a stream favors
+# recency, the shorter the sketch's memory: +0.4 point on real text at 1% and 5% of the rows,
+# +0.2 on Zipf at 1% (docs/DESIGN_DECISIONS.md)
+PERIOD_MIN, PERIOD_MAX = 2.0, 10.0
 # eviction passes over at most this many rows that lookups already submitted will use
 AHEAD_WALK = 64
 
