@@ -92,7 +92,7 @@ def _check_slotmap(keys, vals, model, probe):
 @given(capacity=st.sampled_from(CAPACITIES), clustered=st.booleans(), ops=slot_ops)
 def test_slotmap_matches_dict(capacity, clustered, ops):
     keys, vals = slotmap.new_slotmap(capacity)
-    assert len(keys) == 2 * capacity + 1
+    assert len(keys) == int(capacity / entry_map.LOAD) + 1
     assert keys.dtype == np.int64 and vals.dtype == np.int32 and (keys == -1).all()
     pool = CLUSTERED[capacity] if clustered else None
     model: dict[int, int] = {}
@@ -160,7 +160,8 @@ def test_entry_map_matches_dict(capacity, clustered, ops):
     """Keys live in ``ids`` at the index the map holds; puts take a free index, as the
     policy's admissions take an evicted entry."""
     buckets = entry_map.new_entry_map(capacity)
-    assert buckets.dtype == np.int32 and len(buckets) == 2 * capacity + 1 and (buckets == -1).all()
+    assert buckets.dtype == np.int32 and len(buckets) == int(capacity / entry_map.LOAD) + 1
+    assert (buckets == -1).all()
     ids = np.full(capacity, -1, dtype=np.int64)
     pool = _clustered_keys(len(buckets), 2 * capacity + 4, {len(buckets) - 1, 0}) if clustered else None
     model: dict[int, int] = {}

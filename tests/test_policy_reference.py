@@ -252,6 +252,28 @@ def test_lookahead_keeps_invariants_and_counts(policy):
     assert check_invariants(state.arrays()) == 0
 
 
+def test_lookahead_counts_saturate():
+    """An id submitted more often than a byte counts stays in the window until that many of
+    its lookups are planned; the others' counts are exact, and the map empties."""
+    from tierstore.policy.lookahead import ahead_add, ahead_remove
+    from tierstore.policy.state import AHEAD_COUNT_MAX
+
+    state = CacheState.new(0, 8, "lru", lookahead_ids=4)
+    hot, once = np.array([7], dtype=np.int64), np.array([7, 9], dtype=np.int64)
+    for _ in range(AHEAD_COUNT_MAX + 44):
+        ahead_add(state.arrays(), hot)
+    ahead_add(state.arrays(), once)
+    assert state.meta[AHEAD_LIVE] == 2
+    assert naive.slotmap_contents(state.ahead_keys, state.ahead_vals) == {7: AHEAD_COUNT_MAX, 9: 1}
+    ahead_remove(state.arrays(), once)
+    assert naive.slotmap_contents(state.ahead_keys, state.ahead_vals) == {7: AHEAD_COUNT_MAX - 1}
+    for _ in range(AHEAD_COUNT_MAX - 1):
+        ahead_remove(state.arrays(), hot)
+    assert state.meta[AHEAD_LIVE] == 0 and (state.ahead_keys == -1).all()
+    ahead_remove(state.arrays(), hot)
+    assert state.meta[AHEAD_LIVE] == 0
+
+
 @pytest.mark.parametrize("parts", [1, 3])
 def test_partitions_spare_submitted_ids_until_planned(parts):
     from tierstore.policy.partitions import PartitionedState

@@ -1,8 +1,8 @@
 """id -> slot map: open addressing, linear probing, backward-shift deletion.
 
 ``keys`` holds -1 in empty buckets; ``vals`` the value of the key beside it.
-The table has ``2 * capacity + 1`` buckets (half load, 24 bytes a key), not a
-power of two: a key's home is its hash scaled onto the table, as in
+The table has ``capacity / LOAD + 1`` buckets (at most 3/4 full, 16 bytes a key with
+4-byte values), not a power of two: a key's home is its hash scaled onto the table, as in
 :mod:`.entry_map`. Memory follows the capacity, never the number of rows in
 the store.
 """
@@ -14,9 +14,9 @@ from .entry_map import LOAD, home_bucket
 EMPTY = -1
 
 
-def new_slotmap(capacity: int):
+def new_slotmap(capacity: int, value_dtype=np.int32):
     size = max(2, int(capacity / LOAD) + 1)
-    return np.full(size, EMPTY, dtype=np.int64), np.zeros(size, dtype=np.int32)
+    return np.full(size, EMPTY, dtype=np.int64), np.zeros(size, dtype=value_dtype)
 
 
 @njit(cache=True, _nrt=False)

@@ -9,11 +9,15 @@ would within the window it can see: a row about to be used is never evicted by t
 before it, unless every row near the end of the order is about to be used. The planner's
 interface is unchanged: it still plans one batch of unique ids and counts
 (``planner.simulate_lookahead`` replays a trace so).
+
+The counts are bytes, saturating at ``AHEAD_COUNT_MAX``: an id that more lookups than that
+use leaves the window once that many of them are planned, as a hint may (1.3 bytes a cached
+row less than 4-byte counts).
 """
 from numba import njit
 
 from ..kernels.slotmap import slotmap_delete, slotmap_get, slotmap_put
-from .state import AHEAD_CAP, AHEAD_LIVE
+from .state import AHEAD_CAP, AHEAD_COUNT_MAX, AHEAD_LIVE
 
 
 @njit(cache=True, _nrt=False)
@@ -30,7 +34,7 @@ def ahead_add(st, uniq):
     for k in range(len(uniq)):
         n = slotmap_get(st.ahead_keys, st.ahead_vals, uniq[k])
         if n > 0:
-            slotmap_put(st.ahead_keys, st.ahead_vals, uniq[k], n + 1)
+            slotmap_put(st.ahead_keys, st.ahead_vals, uniq[k], min(n + 1, AHEAD_COUNT_MAX))
         elif meta[AHEAD_LIVE] < meta[AHEAD_CAP]:
             slotmap_put(st.ahead_keys, st.ahead_vals, uniq[k], 1)
             meta[AHEAD_LIVE] += 1

@@ -67,6 +67,8 @@ REPEAT_ADMIT = 3
 PERIOD_MIN, PERIOD_MAX = 2.0, 10.0
 # eviction passes over at most this many rows that lookups already submitted will use
 AHEAD_WALK = 64
+# the most submitted lookups an id's count in the lookahead map says (a byte; lookahead.py)
+AHEAD_COUNT_MAX = 255
 
 # CacheState's arrays as the kernels take them: one argument whose fields they read by name
 # (a namedtuple compiles to the same code as a plain tuple of the arrays)
@@ -130,7 +132,7 @@ class CacheState:
         owner[device_rows:capacity - 1] = -2 - np.arange(device_rows + 1, capacity, dtype=np.int32)
         sketch, sketch_state = new_sketch(capacity, sketch_width)
         meta[AHEAD_CAP] = max(0, int(lookahead_ids))
-        ahead_keys, ahead_vals = new_slotmap(max(1, meta[AHEAD_CAP]))
+        ahead_keys, ahead_vals = new_slotmap(max(1, meta[AHEAD_CAP]), np.uint8)
         # LFU orders entries in a heap by (freq, stamp), the others in linked lists: each
         # leaves the other's arrays empty (the same dtypes, so the same compiled kernels)
         heap_rows = capacity if policy == "lfu" else 0
