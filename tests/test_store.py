@@ -19,6 +19,22 @@ def test_bookkeeping_follows_capacity_not_rows(tmp_path):
     huge.close()
 
 
+@pytest.mark.parametrize("policy", ["adaptive", "lfu"])
+@pytest.mark.parametrize("device_rows,ram_rows,partitions", [
+    (100_000, 900_000, 1), (0, 1_048_592, 1), (0, 1_100_000, 1), (1_000_000, 4_000_000, 1),
+    (0, 4_194_320, 1), (640_000, 5_760_000, 1), (1_000_000, 5_400_000, 4)])
+def test_bookkeeping_at_most_64_bytes_a_cached_row(tmp_path, policy, device_rows, ram_rows,
+                                                  partitions):
+    """The policy's arrays and the tier's index together, at capacities of 1M to 6.4M rows;
+    at 2**20 + 16 and 2**22 + 16 the sketch's blocks round up most (8 bytes a row, not 4)."""
+    config = ts.StoreConfig(device_rows=device_rows, ram_rows=ram_rows, policy=policy,
+                            partitions=partitions)
+    with ts.create(tmp_path / "s", 50_000_000, 8, config=config) as store:
+        stats = store.stats()
+        assert stats["bookkeeping"]["index_bytes"] > 0
+        assert stats["bookkeeping_bytes"] <= 64 * (device_rows + ram_rows)
+
+
 def test_rows_equal_to_constant_init_are_not_stored(tmp_path):
     with ts.create(tmp_path / "s", 100, 4, init=2.0, config=ts.StoreConfig(device_rows=1, ram_rows=1)) as s:
         s.update([1, 2], np.array([[2.0] * 4, [3.0] * 4]))

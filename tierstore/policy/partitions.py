@@ -26,9 +26,12 @@ from .state import CacheState
 
 COUNTERS = (S.DEVICE_HITS, S.RAM_HITS, S.MISSES, S.ADMISSIONS, S.EVICTIONS, S.PROMOTIONS,
             S.DEMOTIONS, S.WRITEBACKS, S.DISK_READS)
-# each partition remembers the ids of submitted lookups up to half its memory rows
-# (policy.lookahead; ids beyond are left out, as a hint the window is)
-AHEAD_SHARE = 0.5
+# each partition remembers the ids of submitted lookups up to a fifth of its memory rows
+# (policy.lookahead; ids beyond are left out, as a hint the window is): 2.4 bytes a cached
+# row, room for 3 batches of 60k unique ids beside 1M rows (half took 6, and the bookkeeping
+# over 64 bytes a row where the sketch rounds up most; docs/DESIGN_DECISIONS.md)
+AHEAD_SHARE = 0.2
+AHEAD_MIN_IDS = 64    # and at least this many, for a tiny partition (under 1 KB)
 
 
 def _shares(total: int, parts: int) -> np.ndarray:
@@ -50,7 +53,7 @@ class PartitionedState:
         self.ram_base = np.concatenate([[0], np.cumsum(self.ram_share)[:-1]])
         width = None if sketch_width is None else max(16, sketch_width // parts)
         self.states = [CacheState.new(int(d), int(r), policy, width,
-                                      lookahead_ids=int(AHEAD_SHARE * (d + r)))
+                                      lookahead_ids=max(AHEAD_MIN_IDS, int(AHEAD_SHARE * (d + r))))
                        for d, r in zip(self.dev_share, self.ram_share)]
         self.arrays = [s.arrays() for s in self.states]
         self._pool = None
