@@ -27,12 +27,13 @@ from .base import DeviceLookupTier, HostLookupTier, MissedRows
 
 # the index at most 0.6 full (buckets sized to the capacity, not a power of two): 6.7 bytes of
 # buckets and 8 of ``owner`` a cached row. The probe and copy of 65,536-id Zipf batches against
-# the key-and-slot table this replaced (a power of two at most 3/4 full, 28 to 40 bytes a row):
-# 0.72-0.78 of its speed at 3/4 load and 55k slots; at 0.6 load 0.93-0.95 at 55k slots (one
-# pass), 1.10-1.19 at 262k, 1.09-1.25 at 1M and 0.90-1.22 at 5M (two passes)
+# the key-and-slot table this replaced (a power of two at most 3/4 full, 28 to 40 bytes a row;
+# tools/bench_host_index.py): at 3/4 load 0.90-0.93 of its speed at 55k slots and 0.77-0.97 at
+# 5M; at 0.6 load 0.93-1.07 at 55k (one pass), 1.10-1.19 at 262k, 1.09-1.25 at 1M and
+# 0.90-1.22 at 5M (two passes)
 INDEX_LOAD = 0.6
 # from this many slots a lookup probes in two passes (kernels/host_index.index_gather): one
-# pass was 1.10 of two passes' speed at 55k slots, 0.87-0.91 at 262k, 0.63-0.77 at 5M
+# pass was 1.11 of two passes' speed at 55k slots, 0.88-0.91 at 262k, 0.63-0.70 at 5M
 TWO_PASS_SLOTS = 1 << 18
 
 

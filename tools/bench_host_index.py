@@ -1,0 +1,109 @@
+"""The host tier's resident probe alone: ``kernels/host_index.index_gather`` against the table it
+replaced (int64 keys and int32 slots at 3/4 load rounded to a power of two, the GPU index's
+layout, built with ``kernels/slot_index``), in the same process, on the same rows.
+
+    python tools/bench_host_index.py                        # 55k, 262k, 1M and 5M slots
+    python tools/bench_host_index.py --slots 1000000 --load 0.75
+
+Each id is resident; 256-byte rows, Zipf(1.0) over the resident ids in 65,536-id batches. Each
+batch is timed by every kernel in turn, ``--repeats`` times; a kernel's time is the sum of its
+fastest run of each batch (the machine is shared: the fastest run is the least disturbed).
+"""
+import argparse
+import time
+
+import numpy as np
+from numba import njit
+
+from tierstore.kernels import host_index, slot_index
+from tierstore.kernels.hashing import mix64, table_size
+from tierstore.tiers.memory import INDEX_LOAD, TWO_PASS_SLOTS
+from tierstore.workloads import zipf_ids
+
+BATCH = 65536
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def key_slot_gather(keys, vals, device, ram, device_rows, ids, out, missed):
+    """The lookup of the replaced index: probe the keys by mask, take the slot beside the key."""
+    mask = len(keys) - 1
+    n_missed = 0
+    for k in range(len(ids)):
+        key = ids[k]
+        i = np.int64(mix64(key, 0) & np.uint64(mask))
+        slot = -1
+        while keys[i] != -1:
+            if keys[i] == key:
+                slot = vals[i]
+                break
+            i = (i + 1) & mask
+        if slot < 0:
+            missed[n_missed] = k
+            n_missed += 1
+        elif slot < device_rows:
+            for w in range(out.shape[1]):
+                out[k, w] = device[slot, w]
+        else:
+            for w in range(out.shape[1]):
+                out[k, w] = ram[slot - device_rows, w]
+    return n_missed
+
+
+def run(slots: int, load: float, batches: int, repeats: int):
+    rng = np.random.default_rng(0)
+    device_rows = slots // 11
+    resident = rng.choice(50 * slots, slots, replace=False).astype(np.int64)
+    where = rng.permutation(slots).astype(np.int64)
+    keys = np.full(table_size(slots, 0.75), -1, dtype=np.int64)
+    vals = np.full(len(keys), -1, dtype=np.int32)
+    slot_index.index_apply(keys, vals, np.empty(0, dtype=np.int64),
+                           np.zeros(slot_index.META_SIZE, dtype=np.int64),
+                           np.empty(0, dtype=np.int64), resident, where.astype(np.int32))
+    buckets, owner = host_index.new_host_index(slots, load)
+    host_index.index_retarget(buckets, owner, np.empty(0, dtype=np.int64), resident, where)
+    device = np.zeros((device_rows, 32), dtype=np.uint64)
+    ram = np.zeros((slots - device_rows, 32), dtype=np.uint64)
+    ids = resident[np.minimum(zipf_ids(slots, 1.0, BATCH * batches, seed=1), slots - 1)]
+    out = np.empty((BATCH, 32), dtype=np.uint64)
+    missed = np.empty(BATCH, dtype=np.int64)
+    kernels = {
+        "key+slot table": lambda b: key_slot_gather(keys, vals, device, ram, device_rows, b, out,
+                                                    missed),
+        "host_index, one pass": lambda b: host_index.index_gather(
+            buckets, owner, device, ram, device_rows, b, out, missed, False),
+        "host_index, two passes": lambda b: host_index.index_gather(
+            buckets, owner, device, ram, device_rows, b, out, missed, True),
+    }
+    times = {name: np.zeros((repeats, batches)) for name in kernels}
+    for r in range(repeats):
+        for j, b in enumerate(ids.reshape(batches, BATCH)):
+            for name, kernel in kernels.items():
+                t0 = time.perf_counter()
+                assert kernel(b) == 0
+                times[name][r, j] = time.perf_counter() - t0
+    best = {name: t.min(axis=0).sum() for name, t in times.items()}
+    base = best["key+slot table"]
+    store = "two passes" if slots >= TWO_PASS_SLOTS else "one pass"
+    print(f"| {slots:,} | {load} | " + " | ".join(
+        f"{len(ids) / t / 1e6:.1f} ({base / t:.2f})" for t in best.values()) + f" | {store} |",
+        flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slots", type=int, nargs="+", default=[55_000, 262_144, 1_000_000,
+                                                                  5_000_000])
+    parser.add_argument("--load", type=float, default=INDEX_LOAD, help="host_index's load")
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=21)
+    args = parser.parse_args()
+    print("| slots | load | key+slot table M ids/s | host_index one pass (x table) | "
+          "host_index two passes (x table) | the store's |")
+    print("|---:|---:|---:|---:|---:|---|")
+    for slots in args.slots:
+        run(slots, args.load, args.batches, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
