@@ -418,7 +418,7 @@ def _host_index(d, r, resident, slots):
     return buckets, owner
 
 
-def _check_host_index(buckets, owner, model, d, two_pass):
+def _check_host_index(buckets, owner, model, two_pass):
     """The index holds exactly ``model`` (slot -> id), soundly probed: a gather of rows that
     hold their own slot finds each id's slot, and no other id."""
     assert owner.tolist() == list(model)
@@ -430,7 +430,7 @@ def _check_host_index(buckets, owner, model, d, two_pass):
     rows = np.arange(len(model), dtype=np.uint64)[:, None]
     out = np.full((len(probe), 1), 99, dtype=np.uint64)
     missed = np.empty(len(probe), dtype=np.int64)
-    n = host_index.index_gather(buckets, owner, rows[:d], rows[d:], d, probe, out, missed, two_pass)
+    n = host_index.index_gather(buckets, owner, rows, probe, out, missed, two_pass)
     found = {int(k): int(out[i, 0]) for i, k in enumerate(probe) if i not in set(missed[:n].tolist())}
     assert found == expect
 
@@ -449,7 +449,8 @@ def test_index_gather(data, d, r, width, m, two_pass):
     out = data.draw(hnp.arrays(np.uint8, (m, width)))
     expect, expect_missed = naive.index_gather(dict(zip(resident, slots)), device, ram, d, ids, out)
     missed = np.full(m, -1, dtype=np.int64)
-    n = host_index.index_gather(buckets, owner, device, ram, d, ids, out, missed, two_pass)
+    slab = np.concatenate([device, ram])       # the device tier's rows first, as HostMemory's
+    n = host_index.index_gather(buckets, owner, slab, ids, out, missed, two_pass)
     npt.assert_array_equal(out, expect)
     assert missed[:n].tolist() == expect_missed
 
@@ -482,16 +483,16 @@ def test_host_index_tag_twins(two_pass):
     c = 5
     buckets, owner = _host_index(3, 5, [a, b, c], [6, 1, 4])
     model = [-1, b, -1, -1, c, -1, a, -1]
-    _check_host_index(buckets, owner, model, 3, two_pass)
+    _check_host_index(buckets, owner, model, two_pass)
     rows = np.arange(8, dtype=np.uint64)[:, None]
     out = np.zeros((1, 1), dtype=np.uint64)
     missed = np.empty(1, dtype=np.int64)
-    assert host_index.index_gather(buckets, owner, rows[:3], rows[3:], 3,
-                                   np.array([absent], dtype=np.int64), out, missed, two_pass) == 1
+    assert host_index.index_gather(buckets, owner, rows, np.array([absent], dtype=np.int64), out,
+                                   missed, two_pass) == 1
     host_index.index_retarget(buckets, owner, np.array([6]), np.empty(0, dtype=np.int64),
                               np.empty(0, dtype=np.int64))
     model[6] = -1
-    _check_host_index(buckets, owner, model, 3, two_pass)
+    _check_host_index(buckets, owner, model, two_pass)
 
 
 @jit_settings
@@ -521,7 +522,7 @@ def test_host_index_moves(data, d, r, rounds):
                     np.array([model[s] >= 0 for s in sw_to], dtype=np.bool_))
             model = naive.index_swap(model, *args)
             host_index.index_swap(buckets, owner, *args)
-        _check_host_index(buckets, owner, model, d, data.draw(st.booleans()))
+        _check_host_index(buckets, owner, model, data.draw(st.booleans()))
 
 
 @jit_settings

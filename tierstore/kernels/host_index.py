@@ -18,9 +18,11 @@ import numpy as np
 from numba import njit
 
 from ..errors import ConfigError
+from .cache_hint import prefetch, prefetch_row
 from .hashing import mix64
 
 EMPTY = -1
+AHEAD = 8   # ids between the one whose lines are asked for and the one being copied
 
 
 def index_buckets(slots: int, load: float) -> int:
@@ -164,21 +166,27 @@ def index_swap(buckets, owner, promoted, sw_from, sw_to, has_y):
 
 
 @njit(nogil=True, cache=True, _nrt=False)
-def index_gather(buckets, owner, device, ram, device_rows, ids, out, missed, two_pass):
+def index_gather(buckets, owner, slab, ids, out, missed, two_pass):
     """A lookup on the host through the index: ``out[k]`` = the row of ``ids[k]`` from the
-    device or RAM slab (rows as words, see ``tiers.memory.words``); the positions ``k`` of ids
-    in neither go to ``missed`` (their rows left alone). Returns how many missed.
+    slab of both tiers (row ``slot``; rows as words, see ``tiers.memory.words``); the
+    positions ``k`` of ids in neither go to ``missed`` (their rows left alone). Returns how
+    many missed.
 
     ``two_pass`` (for an index larger than the caches): the first pass probes only the
     buckets and keeps each id's first slot of a matching tag in ``missed``; the second checks
     it against ``owner`` (a tag shared with another key sends that id back to a full probe)
     and copies the row. The iterations of a pass then do not wait on each other's cache
-    misses, where in one pass each id's read of ``owner`` holds up the next id's probe."""
+    misses, where in one pass each id's read of ``owner`` holds up the next id's probe.
+    Either way the lines an id will read are asked for ``AHEAD`` ids before it
+    (``cache_hint``): its home bucket, and in the second pass its ``owner`` and its row."""
     bits = _bits(owner)
     slot_mask = (1 << bits) - 1
     size = len(buckets)
+    n = len(ids)
     if two_pass:
-        for k in range(len(ids)):
+        for k in range(n):
+            if k + AHEAD < n:
+                prefetch(buckets, _home_and_tag(size, bits, ids[k + AHEAD])[0])
             i, tag = _home_and_tag(size, bits, ids[k])
             slot = -1
             while buckets[i] != EMPTY:
@@ -192,8 +200,13 @@ def index_gather(buckets, owner, device, ram, device_rows, ids, out, missed, two
             missed[k] = slot
     # missed[k] is read before missed[n_missed] (n_missed <= k) is written
     n_missed = 0
-    for k in range(len(ids)):
+    for k in range(n):
         if two_pass:
+            if k + AHEAD < n:
+                ahead = missed[k + AHEAD]
+                if ahead >= 0:
+                    prefetch(owner, ahead)
+                    prefetch_row(slab, ahead)
             slot = missed[k]
             if slot >= 0 and owner[slot] != ids[k]:
                 slot = -1
@@ -201,6 +214,8 @@ def index_gather(buckets, owner, device, ram, device_rows, ids, out, missed, two
                 if i >= 0:
                     slot = buckets[i] & slot_mask
         else:
+            if k + AHEAD < n:
+                prefetch(buckets, _home_and_tag(size, bits, ids[k + AHEAD])[0])
             slot = -1
             i = _find(buckets, owner, bits, ids[k])
             if i >= 0:
@@ -208,10 +223,7 @@ def index_gather(buckets, owner, device, ram, device_rows, ids, out, missed, two
         if slot < 0:
             missed[n_missed] = k
             n_missed += 1
-        elif slot < device_rows:
-            for w in range(out.shape[1]):
-                out[k, w] = device[slot, w]
         else:
             for w in range(out.shape[1]):
-                out[k, w] = ram[slot - device_rows, w]
+                out[k, w] = slab[slot, w]
     return n_missed

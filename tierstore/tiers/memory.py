@@ -2,7 +2,7 @@
 index of both, so that a lookup of resident rows needs neither the store's lock nor the policy.
 
 Physical slots ``[0, device_rows)`` lie in the device slab, the rest in the
-RAM slab. On ``device="cpu"`` both slabs are numpy arrays. The tier serves
+RAM slab. On ``device="cpu"`` both slabs are views of one numpy array. The tier serves
 lookups both ways of :mod:`.base`: driven by the store's slots (``gather``, for
 small lookups planned at once), or by id through its own index
 (``issue``: one numba pass that probes the index and copies each row into
@@ -71,8 +71,11 @@ class HostMemory(HostLookupTier, DeviceLookupTier):
         self.device_rows = device_rows
         self.dim = dim
         self.dtype = np.dtype(dtype)
-        self.device = np.zeros((device_rows, dim), dtype=self.dtype)
-        self.ram = np.zeros((ram_rows, dim), dtype=self.dtype)
+        # one slab, slot-addressed: the device tier its first rows, the RAM tier the rest (a
+        # lookup's copy reads row ``slot`` without asking which tier holds it)
+        self._slab = np.zeros((device_rows + ram_rows, dim), dtype=self.dtype)
+        self.device = self._slab[:device_rows]
+        self.ram = self._slab[device_rows:]
         # id -> slot (kernels.host_index): buckets of slots, keyed through slot -> id; both
         # as last committed
         self._buckets, self._owner = new_host_index(device_rows + ram_rows, INDEX_LOAD)
@@ -118,8 +121,8 @@ class HostMemory(HostLookupTier, DeviceLookupTier):
         out = np.empty((len(flat), self.dim), dtype=self.dtype)
         missed = np.empty(len(flat), dtype=np.int64)
         with self.launch:
-            n_missed = index_gather(self._buckets, self._owner, words(self.device),
-                                    words(self.ram), self.device_rows, flat, words(out), missed,
+            n_missed = index_gather(self._buckets, self._owner, words(self._slab), flat,
+                                    words(out), missed,
                                     len(self._owner) >= TWO_PASS_SLOTS)
         return HostPending(out, tuple(ids.shape), flat, missed[:n_missed])
 
