@@ -17,7 +17,8 @@ import naive  # noqa: E402
 
 from tierstore.codecs import Int8Codec, RawCodec, ZstdCodec  # noqa: E402
 from tierstore.errors import ConfigError  # noqa: E402
-from tierstore.kernels import batch, codec, entry_map, hashing, host_index, sketch, slotmap  # noqa: E402
+from tierstore.kernels import batch, cache_hint, codec, entry_map, hashing, host_index, sketch, slotmap  # noqa: E402
+from numba import njit  # noqa: E402
 from tierstore.tiers.memory import HostMemory  # noqa: E402
 
 I64 = np.iinfo(np.int64)
@@ -453,6 +454,30 @@ def test_index_gather(data, d, r, width, m, two_pass):
     n = host_index.index_gather(buckets, owner, slab, ids, out, missed, two_pass)
     npt.assert_array_equal(out, expect)
     assert missed[:n].tolist() == expect_missed
+
+
+@njit
+def _copy_with_hints(flat, rows, out_flat, out_rows):
+    """Copies that ask for each line a few steps ahead (cache_hint): the hints compile for
+    1-D and 2-D arrays of any dtype and change nothing."""
+    for i in range(len(flat)):
+        cache_hint.prefetch(flat, min(i + 3, len(flat) - 1))
+        out_flat[i] = flat[i]
+    for r in range(rows.shape[0]):
+        cache_hint.prefetch_row(rows, min(r + 3, rows.shape[0] - 1))
+        cache_hint.prefetch(rows, (r, 0))
+        out_rows[r] = rows[r]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.uint64, np.float32])
+def test_cache_hints_change_nothing(dtype):
+    rng = np.random.default_rng(0)
+    flat = rng.integers(0, 100, 37).astype(dtype)
+    rows = rng.integers(0, 100, (11, 70)).astype(dtype)
+    out_flat, out_rows = np.zeros_like(flat), np.zeros_like(rows)
+    _copy_with_hints(flat, rows, out_flat, out_rows)
+    npt.assert_array_equal(out_flat, flat)
+    npt.assert_array_equal(out_rows, rows)
 
 
 def _tag_twins(slots, load, count):
