@@ -290,9 +290,10 @@ class Store(TableStore):
                 self._rows_of(uniq[order], filled.rows, filled.lent)
                 row_of = np.empty_like(order)       # uniq[k]'s row is filled.rows[row_of[k]]
                 row_of[order] = np.arange(len(order))
-            filled.positions[...] = positions
-            filled.which[...] = row_of[inverse]
-            self._memory.fill(pending, filled)
+                # under the lock: a tier may lend the same memory to the next lookup's misses
+                filled.positions[...] = positions
+                filled.which[...] = row_of[inverse]
+                self._memory.fill(pending, filled)
         else:
             uniq = counts = missed
         ready = self._memory.ready(pending)
