@@ -61,8 +61,8 @@ def run(slots: int, load: float, batches: int, repeats: int):
                            np.empty(0, dtype=np.int64), resident, where.astype(np.int32))
     buckets, owner = host_index.new_host_index(slots, load)
     host_index.index_retarget(buckets, owner, np.empty(0, dtype=np.int64), resident, where)
-    device = np.zeros((device_rows, 32), dtype=np.uint64)
-    ram = np.zeros((slots - device_rows, 32), dtype=np.uint64)
+    slab = np.zeros((slots, 32), dtype=np.uint64)      # HostMemory's: device rows first
+    device, ram = slab[:device_rows], slab[device_rows:]
     ids = resident[np.minimum(zipf_ids(slots, 1.0, BATCH * batches, seed=1), slots - 1)]
     out = np.empty((BATCH, 32), dtype=np.uint64)
     missed = np.empty(BATCH, dtype=np.int64)
@@ -70,9 +70,9 @@ def run(slots: int, load: float, batches: int, repeats: int):
         "key+slot table": lambda b: key_slot_gather(keys, vals, device, ram, device_rows, b, out,
                                                     missed),
         "host_index, one pass": lambda b: host_index.index_gather(
-            buckets, owner, device, ram, device_rows, b, out, missed, False),
+            buckets, owner, slab, b, out, missed, False),
         "host_index, two passes": lambda b: host_index.index_gather(
-            buckets, owner, device, ram, device_rows, b, out, missed, True),
+            buckets, owner, slab, b, out, missed, True),
     }
     times = {name: np.zeros((repeats, batches)) for name in kernels}
     for r in range(repeats):
