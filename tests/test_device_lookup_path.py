@@ -4,7 +4,7 @@ planner on its thread over a sampled access log) on CI, through a host double of
 policy's map after every step, and the sampled log against the tiers' hit counts."""
 import numpy as np
 import pytest
-from hypothesis import settings
+from machine_runs import long_runs, machine_runs
 
 import tierstore as ts
 import tierstore.store
@@ -28,19 +28,24 @@ def host_indexed(monkeypatch):
 @pytest.mark.parametrize("tiers", [(2, 3), (0, 3), (3, 0), (1, 1)], ids=lambda t: f"dev{t[0]}-ram{t[1]}")
 def test_state_machine(host_indexed, policy, tiers):
     run_store_machine(ts.StoreConfig(device_rows=tiers[0], ram_rows=tiers[1], policy=policy),
-                      settings=settings(max_examples=20))
+                      settings=machine_runs(8))
 
 
 @pytest.mark.parametrize("parts", [2, 3])
 def test_state_machine_with_partitions(host_indexed, parts):
     run_store_machine(ts.StoreConfig(device_rows=3, ram_rows=4, partitions=parts),
-                      settings=settings(max_examples=20))
+                      settings=machine_runs(8))
 
 
 def test_state_machine_with_a_sampled_log(host_indexed, monkeypatch):
     """Lookups of more than two ids log a strided sample plus their misses."""
     monkeypatch.setattr(tierstore.tiers.cuda, "LOG_SAMPLE_IDS", 2)
-    run_store_machine(ts.StoreConfig(device_rows=2, ram_rows=3), settings=settings(max_examples=25))
+    run_store_machine(ts.StoreConfig(device_rows=2, ram_rows=3), settings=machine_runs(10))
+
+
+@pytest.mark.slow
+def test_long_runs(host_indexed):
+    run_store_machine(ts.StoreConfig(device_rows=2, ram_rows=3, partitions=2), settings=long_runs(25))
 
 
 def _at_lookup_miss_ratio(path, config, table, sample_ids):

@@ -37,10 +37,14 @@ class RecordWalk:
         self.complete = False
         self.error = ""   # what the child said when it stopped short
         # run_path, not ``python FILE``: that would put this package's folder first on
-        # sys.path, where its modules shadow the standard library's (profile, codecs)
+        # sys.path, where its modules shadow the standard library's (profile, codecs).
+        # -S: no site module (its .pth files can cost several times the walk of a small
+        # store); the child takes this process's sys.path instead, so it finds the same lmdb
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", "import runpy, sys; runpy.run_path(sys.argv[1], "
-             "run_name='__main__')", os.path.abspath(__file__), os.fspath(env_path),
+            [sys.executable, "-S", "-c", "import os, runpy, sys; "
+             "sys.path[:0] = sys.argv.pop(1).split(os.pathsep); "
+             "runpy.run_path(sys.argv[1], run_name='__main__')", os.pathsep.join(sys.path),
+             os.path.abspath(__file__), os.fspath(env_path),
              str(map_size), str(start), str(batch), str(int(lock))],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
