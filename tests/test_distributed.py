@@ -1,8 +1,8 @@
 """tierstore.distributed: a table sharded over gloo processes equals one plain store.
 
 Each spawn costs a few seconds of imports per process, so the multi-process checks
-are grouped into two spawns (2 ranks, then 3 ranks); each worker asserts on its own
-rank and a failure in any rank fails the test.
+share one spawn of 3 ranks; each worker asserts on its own rank and a failure in any
+rank fails the test.
 """
 import datetime
 import os
@@ -126,23 +126,16 @@ def test_needs_an_initialised_process_group(tmp_path):
         tsd.create_sharded(tmp_path / "t", 10, 2)
 
 
-# -- two ranks (mod rule) and three ranks (range rule) ----------------------------------------
-def test_two_ranks_equal_one_store_and_train_like_nn_embedding(tmp_path):
-    _spawn(_two_rank_worker, 2, tmp_path)
+# -- three ranks: both rules, bad input, training, resharding, bad shards, an absent rank -------
+def test_ranks_equal_one_store_train_like_nn_embedding_and_refuse_bad_shards(tmp_path):
+    _spawn(_worker, 3, tmp_path)
 
 
-def test_three_ranks_equal_one_store_and_refuse_bad_shards(tmp_path):
-    _spawn(_three_rank_worker, 3, tmp_path)
-
-
-def _two_rank_worker(rank, world, tmp_path):
-    _check_equivalence(rank, world, tmp_path, "mod", seed=11)
+def _worker(rank, world, tmp_path):
+    _check_equivalence(rank, world, tmp_path / "mod", "mod", seed=11)
+    _check_equivalence(rank, world, tmp_path / "range", "range", seed=12)
     _check_bad_input(rank, world, tmp_path)
     _check_training(rank, world, tmp_path)
-
-
-def _three_rank_worker(rank, world, tmp_path):
-    _check_equivalence(rank, world, tmp_path, "range", seed=12)
     _check_world_size_mismatch_and_reshard(rank, world, tmp_path)
     _check_bad_shards(rank, world, tmp_path)
     _check_absent_rank_times_out(rank, world, tmp_path)
