@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import struct
-import subprocess
 import sys
 
 import lmdb
@@ -39,7 +38,11 @@ class RecordWalk:
         # run_path, not ``python FILE``: that would put this package's folder first on
         # sys.path, where its modules shadow the standard library's (profile, codecs).
         # -S: no site module (its .pth files can cost several times the walk of a small
-        # store); the child takes this process's sys.path instead, so it finds the same lmdb
+        # store); the child takes this process's sys.path instead, so it finds the same lmdb.
+        # subprocess is imported here, not above, as the child (this file) would spend a
+        # third of its start importing it
+        import subprocess
+
         self._proc = subprocess.Popen(
             [sys.executable, "-S", "-c", "import os, runpy, sys; "
              "sys.path[:0] = sys.argv.pop(1).split(os.pathsep); "
