@@ -386,7 +386,8 @@ class Store(TableStore):
             uniq, inverse, _ = dedupe(ids)
             counts = np.rint(np.bincount(inverse, weights, minlength=len(uniq))).astype(np.int64)
             entries, start = self._state.probe(uniq)
-            self._plan_and_move(uniq, counts, entries, start, None)
+            sampled = any(pending.log_weight > 1 for pending, *_ in batch)
+            self._plan_and_move(uniq, counts, entries, start, None, sampled)
             self._memory.commit()
 
     def _lookup(self, id_array, as_torch, handle=None):
@@ -462,12 +463,13 @@ class Store(TableStore):
         self._disk_rows_read += len(ids)
         self._writeback.overlay(ids, rows, positions)
 
-    def _plan_and_move(self, uniq, counts, entries, start, rows):
+    def _plan_and_move(self, uniq, counts, entries, start, rows, sampled=False):
         """Plan the batch and move its rows. ``rows``: the batch's rows, or None (the planner
         thread's rounds): then only the rows it admits are read, from the staging where the
-        lookups left them (else from disk), and the staged copies of the others dropped."""
+        lookups left them (else from disk), and the staged copies of the others dropped.
+        ``sampled``: ``counts`` come from a sampled log."""
         aslot, fresh, (ev_id, ev_slot, ev_dirty), (sw_u, sw_from, sw_to, sw_has_y) = \
-            self._state.plan(uniq, counts, entries, start)
+            self._state.plan(uniq, counts, entries, start, sampled)
         n_sw = len(sw_u)
         dirty = np.flatnonzero(ev_dirty)
         if len(dirty):

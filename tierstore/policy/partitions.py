@@ -22,7 +22,7 @@ from . import state as S
 from .lookahead import ahead_add, ahead_remove
 from .planner import plan_batch, plan_outputs
 from .queries import check_invariants, clear_dirty, dirty_rows, mark_dirty, probe, touch
-from .state import CacheState
+from .state import SAMPLED_COUNTS, CacheState
 
 COUNTERS = (S.DEVICE_HITS, S.RAM_HITS, S.MISSES, S.ADMISSIONS, S.EVICTIONS, S.PROMOTIONS,
             S.DEMOTIONS, S.WRITEBACKS, S.DISK_READS)
@@ -113,10 +113,13 @@ class PartitionedState:
         self._run(one, ids)
         return entries, slots
 
-    def plan(self, uniq, counts, entries, start):
+    def plan(self, uniq, counts, entries, start, sampled=False):
         """Plan one batch (see :func:`planner.plan_batch`) in every partition; the outputs in
         global slots and batch positions: ``(aslot, fresh, evicted (ids, slots, dirty),
-        swaps (u, from, to, has_y))``."""
+        swaps (u, from, to, has_y))``. ``sampled``: the counts estimate a sampled log's (the
+        policy leaves out what needs every access seen)."""
+        for state in self.states:
+            state.meta[SAMPLED_COUNTS] = int(sampled)
         aslot = np.empty(len(uniq), dtype=np.int64)
         fresh = np.empty(len(uniq), dtype=np.bool_)
 

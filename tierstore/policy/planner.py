@@ -32,7 +32,7 @@ from .stamps import keep_stamps_narrow
 from .state import (ADAPTIVE, DISK_READS, ADMISSIONS,
                     BAR_RESCAN, BAR_SKIPS, BORN, CAPACITY, DEMOTIONS, DEVICE_BAR, DEVICE_HAND, DEVICE_HITS, DEVICE_ROWS,
                     DEVICE_SAMPLE, DIRTY, EPOCH, EVICTIONS, MOVED, FREE_DEVICE, MISSES, PROMOTIONS,
-                    POLICY, RAM_HITS, REUSED, USED, VICTIM_FROM_MAIN, WINDOW, WRITEBACKS)
+                    POLICY, RAM_HITS, REUSED, SAMPLED_COUNTS, USED, VICTIM_FROM_MAIN, WINDOW, WRITEBACKS)
 
 MAX_COUNT = 255
 
@@ -68,7 +68,7 @@ def _admit_and_evict(st, uniq, counts, start_entry, start_slot, aslot, fresh, ev
         prior = 0 if hit else sketch_estimate(sketch, key)
         sketch_add(sketch, sketch_state, key, min(c, MAX_COUNT))
         if hit:
-            if meta[POLICY] == ADAPTIVE and seg[e] == WINDOW:
+            if meta[POLICY] == ADAPTIVE and seg[e] == WINDOW and meta[SAMPLED_COUNTS] == 0:
                 flags[e] |= REUSED
             on_hit(meta, seg, prev, nxt, freq, stamp, heap, hpos, e, c)
             record_access(meta, fmeta, seg, prev, nxt, sketch_state, True, c, -1)
