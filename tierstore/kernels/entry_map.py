@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import ConfigError
-from .hashing import mix64
+from .hashing import fills_hole, mix64
 
 EMPTY = -1
 # at most 3/4 full: 5.3 bytes a key where half load took 8 (probes are the planner's, off the
@@ -85,8 +85,7 @@ def entry_map_delete(buckets, ids, key):
         if buckets[j] == EMPTY:
             break
         home = home_bucket(size, ids[buckets[j]])
-        # buckets[j] may move into the hole at i unless its home lies cyclically in (i, j]
-        if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
+        if fills_hole(i, j, home):
             buckets[i] = buckets[j]
             i = j
     buckets[i] = EMPTY

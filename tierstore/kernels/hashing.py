@@ -1,4 +1,5 @@
-"""Integer mixing shared by the slot maps, the sketch and the dedupe tables."""
+"""Integer mixing shared by the slot maps, the sketch and the dedupe tables, and the slot
+maps' delete rule."""
 import numpy as np
 from numba import njit
 
@@ -14,6 +15,13 @@ def mix64(key, seed):
     z = (z ^ (z >> np.uint64(30))) * _M1
     z = (z ^ (z >> np.uint64(27))) * _M2
     return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, inline="always", _nrt=False)
+def fills_hole(i, j, home):
+    """Linear probing's backward-shift delete: may the key in bucket ``j`` (its home bucket
+    ``home``) move into the hole at ``i``? Yes unless its home lies cyclically in ``(i, j]``."""
+    return (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j))
 
 
 def table_size(n: int, load: float = 0.5, minimum: int = 8) -> int:

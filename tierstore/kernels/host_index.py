@@ -19,7 +19,7 @@ from numba import njit
 
 from ..errors import ConfigError
 from .cache_hint import prefetch, prefetch_row
-from .hashing import mix64
+from .hashing import fills_hole, mix64
 
 EMPTY = -1
 AHEAD = 8   # ids between the one whose lines are asked for and the one being copied
@@ -94,8 +94,7 @@ def _delete_bucket(buckets, owner, bits, i):
         if buckets[j] == EMPTY:
             break
         home, _ = _home_and_tag(size, bits, owner[buckets[j] & slot_mask])
-        # buckets[j] may move into the hole at i unless its home lies cyclically in (i, j]
-        if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
+        if fills_hole(i, j, home):
             buckets[i] = buckets[j]
             i = j
     buckets[i] = EMPTY

@@ -14,7 +14,7 @@ shorten distances, so it stays a bound), which caps the GPU's probe rounds.
 import numpy as np
 from numba import njit
 
-from .hashing import mix64
+from .hashing import fills_hole, mix64
 
 EMPTY = -1
 LOG_LEN, MAX_SHIFT = 0, 1
@@ -63,8 +63,7 @@ def _delete(keys, vals, log, meta, key):
         if keys[j] == EMPTY:
             break
         home = _home(mask, keys[j])
-        # keys[j] may move into the hole at i unless its home lies cyclically in (i, j]
-        if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
+        if fills_hole(i, j, home):
             keys[i] = keys[j]
             vals[i] = vals[j]
             _log(log, meta, i)

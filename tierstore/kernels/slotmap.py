@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit
 
 from .entry_map import LOAD, home_bucket
+from .hashing import fills_hole
 
 EMPTY = -1
 
@@ -63,8 +64,7 @@ def slotmap_delete(keys, vals, key):
         if keys[j] == EMPTY:
             break
         home = home_bucket(size, keys[j])
-        # keys[j] may move into the hole at i unless its home lies cyclically in (i, j]
-        if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
+        if fills_hole(i, j, home):
             keys[i] = keys[j]
             vals[i] = vals[j]
             i = j

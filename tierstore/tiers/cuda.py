@@ -136,12 +136,12 @@ class Uploader:
         with self._lock:
             self._free.append(packed.slot)
 
-    def upload(self, arrays):
-        """``arrays`` (numpy) to the GPU: ``(packed, tensors)``; ``release(packed)`` after."""
+    def pack_arrays(self, arrays) -> Packed:
+        """``arrays`` (numpy) copied into a pinned slot, for ``send``."""
         packed = self.pack([(a.dtype, a.shape) for a in arrays])
         for view, a in zip(packed.views, arrays):
             view[...] = a
-        return packed, self.send(packed)
+        return packed
 
 
 def _torch_dtype(torch, dtype):
@@ -286,7 +286,8 @@ class CudaMemory(DeviceLookupTier):
                 flat = ids.ids.reshape(-1)
                 flat.record_stream(self.stream)
             else:
-                packed, (flat,) = self.uploader.upload([ids.reshape(-1)])
+                packed = self.uploader.pack_arrays([ids.reshape(-1)])
+                (flat,) = self.uploader.send(packed)
             out = torch.empty((n, self.dim), dtype=self._tdtype, device=self.device_name)
             scratch = torch.empty(1 + logged + 2 * n, dtype=torch.int64, device=self.device_name)
             scratch[:1].zero_()
@@ -425,9 +426,7 @@ class CudaMemory(DeviceLookupTier):
             pos, keys, vals = self.index.changes()
             index_arrays = [pos, keys, vals] if pos is not None else [keys, vals]
             arrays += index_arrays
-        packed = self.uploader.pack([(a.dtype, a.shape) for a in arrays])
-        for view, a in zip(packed.views, arrays):
-            view[...] = a
+        packed = self.uploader.pack_arrays(arrays)
         with self.launch, torch.cuda.stream(self.stream):
             tensors = self.uploader.send(packed)
             if self._writes:
