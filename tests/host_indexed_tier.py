@@ -112,13 +112,12 @@ class HostIndexedMemory(DeviceLookupTier):
         self.index.clear()
 
     def commit(self):
-        pos, keys, vals = self.index.changes()
+        cleared, *changes = self.index.changes()
         with self.launch:
             for slots, rows in self._writes:
                 self.slabs.write(slots, rows)
             self.slabs.commit()
-            self.index.load(None if pos is None else torch.from_numpy(pos),
-                            torch.from_numpy(keys.copy()), torch.from_numpy(vals.copy()))
+            self.index.load(cleared, *(torch.from_numpy(a) for a in changes))
         self._writes = []
 
     def index_host_bytes(self):

@@ -89,6 +89,71 @@ def slotmap_problems(keys: np.ndarray, home=home) -> list[str]:
     return problems
 
 
+class KeySlotTable:
+    """The GPU's index as a plain table (tiers/gpu_index.py): ``keys`` (ids) and ``vals``
+    (slots) in a power of two of buckets, linear probing from ``home``, backward-shift
+    deletion, ``max_shift`` raised by inserts; changed the way ``GpuIndex`` is, by slot."""
+
+    def __init__(self, size: int):
+        self.keys = [-1] * size
+        self.vals = [-1] * size
+        self.owner: dict[int, int] = {}        # slot -> id
+        self.max_shift = 0
+
+    def _bucket_of(self, key: int) -> int:
+        i = home(key, len(self.keys))
+        while self.keys[i] != key:
+            i = (i + 1) % len(self.keys)
+        return i
+
+    def vacate(self, slot: int):
+        if slot not in self.owner:
+            return
+        size = len(self.keys)
+        i = self._bucket_of(self.owner.pop(slot))
+        j = i
+        while True:
+            j = (j + 1) % size
+            if self.keys[j] == -1:
+                break
+            h = home(self.keys[j], size)
+            # the key at j may fill the hole at i unless its home lies cyclically in (i, j]
+            if (h - i - 1) % size >= (j - i) % size:
+                self.keys[i], self.vals[i] = self.keys[j], self.vals[j]
+                i = j
+        self.keys[i], self.vals[i] = -1, -1
+
+    def put(self, key: int, slot: int):
+        self.vacate(slot)
+        size = len(self.keys)
+        i, shift = home(key, size), 0
+        while self.keys[i] != -1:
+            i, shift = (i + 1) % size, shift + 1
+        self.keys[i], self.vals[i] = key, slot
+        self.owner[slot] = key
+        self.max_shift = max(self.max_shift, shift)
+
+    def retarget(self, removed_slots, put_ids, put_slots):
+        for slot in removed_slots:
+            self.vacate(int(slot))
+        for key, slot in zip(put_ids, put_slots):
+            self.put(int(key), int(slot))
+
+    def swap(self, promoted, sw_from, sw_to, has_y):
+        """Promotions: keys stay in their buckets, the slots beside them change."""
+        for key, f, t, y in zip(promoted, sw_from, sw_to, has_y):
+            f, t = int(f), int(t)
+            assert self.owner[f] == key
+            if y and t in self.owner:
+                bf, bt = self._bucket_of(key), self._bucket_of(self.owner[t])
+                self.vals[bf], self.vals[bt] = t, f
+                self.owner[f], self.owner[t] = self.owner[t], key
+            else:
+                self.vacate(t)
+                self.vals[self._bucket_of(key)] = t
+                self.owner[t] = self.owner.pop(f)
+
+
 # --------------------------------------------------------------------------- sketch
 
 

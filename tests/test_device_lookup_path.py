@@ -24,6 +24,22 @@ def host_indexed(monkeypatch):
                                                                      config.ram_rows, dim, dtype))
 
 
+@pytest.mark.parametrize("policy", ["adaptive", "lfu"])
+@pytest.mark.parametrize("device_rows,ram_rows,partitions", [
+    (100_000, 900_000, 1), (0, 1_048_592, 1), (0, 1_100_000, 1), (1_000_000, 4_000_000, 1),
+    (0, 4_194_320, 1), (640_000, 5_760_000, 1), (1_000_000, 5_400_000, 4)])
+def test_bookkeeping_at_most_64_bytes_a_cached_row(host_indexed, tmp_path, policy, device_rows,
+                                                  ram_rows, partitions):
+    """tests/test_store.py's capacities on the GPU path: the policy's arrays and the host
+    mirror of the GPU index (the double keeps CudaMemory's ``GpuIndex``)."""
+    config = ts.StoreConfig(device_rows=device_rows, ram_rows=ram_rows, policy=policy,
+                            partitions=partitions)
+    with ts.create(tmp_path / "s", 50_000_000, 8, config=config) as store:
+        stats = store.stats()
+        assert stats["bookkeeping"]["index_bytes"] == store._memory.index.host_nbytes() > 0
+        assert stats["bookkeeping_bytes"] <= 64 * (device_rows + ram_rows)
+
+
 @pytest.mark.parametrize("policy", ["adaptive", "lru", "lfu"])
 @pytest.mark.parametrize("tiers", [(2, 3), (0, 3), (3, 0), (1, 1)], ids=lambda t: f"dev{t[0]}-ram{t[1]}")
 def test_state_machine(host_indexed, policy, tiers):

@@ -1,6 +1,6 @@
 """The host tier's resident probe alone: ``kernels/host_index.index_gather`` against the table it
 replaced (int64 keys and int32 slots at 3/4 load rounded to a power of two, the GPU index's
-layout, built with ``kernels/slot_index``), in the same process, on the same rows.
+layout), in the same process, on the same rows.
 
     python tools/bench_host_index.py                        # 55k, 262k, 1M and 5M slots
     python tools/bench_host_index.py --slots 1000000 --load 0.75
@@ -15,12 +15,24 @@ import time
 import numpy as np
 from numba import njit
 
-from tierstore.kernels import host_index, slot_index
+from tierstore.kernels import host_index
 from tierstore.kernels.hashing import mix64, table_size
 from tierstore.tiers.memory import INDEX_LOAD, TWO_PASS_SLOTS
 from tierstore.workloads import zipf_ids
 
 BATCH = 65536
+
+
+@njit(cache=True, _nrt=False)
+def build_key_slot(keys, vals, ids, slots):
+    """The replaced table: each id at the first empty bucket from ``mix64(id) & mask``."""
+    mask = len(keys) - 1
+    for k in range(len(ids)):
+        i = np.int64(mix64(ids[k], 0) & np.uint64(mask))
+        while keys[i] != -1:
+            i = (i + 1) & mask
+        keys[i] = ids[k]
+        vals[i] = slots[k]
 
 
 @njit(nogil=True, cache=True, _nrt=False)
@@ -56,9 +68,7 @@ def run(slots: int, load: float, batches: int, repeats: int):
     where = rng.permutation(slots).astype(np.int64)
     keys = np.full(table_size(slots, 0.75), -1, dtype=np.int64)
     vals = np.full(len(keys), -1, dtype=np.int32)
-    slot_index.index_apply(keys, vals, np.empty(0, dtype=np.int64),
-                           np.zeros(slot_index.META_SIZE, dtype=np.int64),
-                           np.empty(0, dtype=np.int64), resident, where.astype(np.int32))
+    build_key_slot(keys, vals, resident, where)
     buckets, owner = host_index.new_host_index(slots, load)
     host_index.index_retarget(buckets, owner, np.empty(0, dtype=np.int64), resident, where)
     slab = np.zeros((slots, 32), dtype=np.uint64)      # HostMemory's: device rows first

@@ -162,7 +162,8 @@ class StoreMachine(RuleBasedStateMachine):
             assert contents() == resident
         index = getattr(self.store._memory, "index", None)
         if index is not None:    # the GPU's index of the memory tiers, its host mirror, the policy's
-            assert index.contents() == resident
+            ids = np.fromiter(resident, dtype=np.int64, count=len(resident))
+            assert index.placements() == dict(zip(resident.values(), index.homes(ids).tolist()))
             assert self.store._memory.index_snapshot() == resident
 
     def teardown(self):

@@ -72,8 +72,9 @@ class MemoryTier(ABC):
     def retarget(self, removed: np.ndarray, removed_slots: np.ndarray, put_ids: np.ndarray,
                  put_slots: np.ndarray) -> None:
         """The policy's moves, for a tier with an index of its own: ``removed`` ids leave
-        ``removed_slots``, then ``put_ids[k]`` sits in ``put_slots[k]``. A tier that is
-        always told where rows are (by the store's slot map) keeps nothing (a no-op)."""
+        ``removed_slots``, then ``put_ids[k]`` (admitted: not resident; a resident row moves
+        by ``swap_index``) sits in ``put_slots[k]``. A tier that is always told where rows
+        are (by the store's slot map) keeps nothing (a no-op)."""
 
     @abstractmethod
     def swap_index(self, promoted: np.ndarray, sw_from: np.ndarray, sw_to: np.ndarray,

@@ -421,10 +421,8 @@ class CudaMemory(DeviceLookupTier):
             # later writes to a slot win, and the kernel writes each slot once
             slots, last = dedupe_last(np.concatenate([w[0] for w in self._writes]))
             arrays += [slots, np.concatenate([w[1] for w in self._writes])[last]]
-        index_arrays = []
         if self._index_dirty:
-            pos, keys, vals = self.index.changes()
-            index_arrays = [pos, keys, vals] if pos is not None else [keys, vals]
+            cleared, *index_arrays = self.index.changes()    # positions, keys, slots
             arrays += index_arrays
         packed = self.uploader.pack_arrays(arrays)
         with self.launch, torch.cuda.stream(self.stream):
@@ -433,7 +431,7 @@ class CudaMemory(DeviceLookupTier):
                 write_rows(tensors[0], tensors[1], self.slab, self._ram_pointer, self.device_rows)
                 tensors = tensors[2:]
             if self._index_dirty:
-                self.index.load(*(tensors if len(index_arrays) == 3 else [None] + tensors))
+                self.index.load(cleared, *tensors)
             self.uploader.release(packed)
             self._committed = torch.cuda.Event()
             self._committed.record(self.stream)

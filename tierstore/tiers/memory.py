@@ -6,7 +6,7 @@ RAM slab. On ``device="cpu"`` both slabs are views of one numpy array. The tier 
 lookups both ways of :mod:`.base`: driven by the store's slots (``gather``, for
 small lookups planned at once), or by id through its own index
 (``issue``: one numba pass that probes the index and copies each row into
-the output, as the CUDA tier's kernel does; see ``kernels.slot_index``).
+the output, as the CUDA tier's kernel does; see ``kernels.host_index``).
 
 Moves (``write``, ``retarget``, ``swap_index``, ``clear``) are buffered and
 applied by :meth:`HostMemory.commit` under :attr:`HostMemory.launch`, the lock
