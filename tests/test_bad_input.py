@@ -232,6 +232,19 @@ def test_id_out_of_range(h, op, ids, bad, pos):
     h.close_and_verify()
 
 
+def test_id_out_of_range_through_the_index(h, monkeypatch):
+    """A lookup through the tier's index checks the range among the ids it missed (an id
+    outside the table always misses): the same error, the same first position, nothing
+    changed."""
+    monkeypatch.setattr(ts.store, "LOGGED_LOOKUP_MIN_IDS", 1)
+    for ids, bad, pos in (case.values for case in OUT_OF_RANGE):
+        before = h.stats()
+        msg = re.escape(f"row id {bad} at position {pos} is outside [0, {NUM_ROWS})")
+        expect(ts.IdOutOfRangeError, IndexError, msg, h.store.lookup, ids)
+        h.assert_unchanged(before)
+    h.close_and_verify()
+
+
 # -- ids that are not integers ----------------------------------------------------------------
 NON_INTEGER = [
     pytest.param(np.array([1.0, 2.0]), "dtype float64", id="float64-array"),

@@ -419,7 +419,7 @@ def _host_index(d, r, resident, slots):
     return buckets, owner
 
 
-def _check_host_index(buckets, owner, model, two_pass):
+def _check_host_index(buckets, owner, model):
     """The index holds exactly ``model`` (slot -> id), soundly probed: a gather of rows that
     hold their own slot finds each id's slot, and no other id."""
     assert owner.tolist() == list(model)
@@ -431,16 +431,17 @@ def _check_host_index(buckets, owner, model, two_pass):
     rows = np.arange(len(model), dtype=np.uint64)[:, None]
     out = np.full((len(probe), 1), 99, dtype=np.uint64)
     missed = np.empty(len(probe), dtype=np.int64)
-    n = host_index.index_gather(buckets, owner, rows, probe, out, missed, two_pass)
+    n = host_index.index_gather(buckets, owner, rows, probe, out, missed, np.empty_like(probe))
     found = {int(k): int(out[i, 0]) for i, k in enumerate(probe) if i not in set(missed[:n].tolist())}
     assert found == expect
 
 
 @jit_settings
 @given(data=st.data(), d=st.integers(0, 5), r=st.integers(0, 6), width=st.integers(1, 8),
-       m=st.integers(0, 15), two_pass=st.booleans())
-def test_index_gather(data, d, r, width, m, two_pass):
-    """Probe the index and copy each found row; list the positions of the others."""
+       m=st.integers(0, 15))
+def test_index_gather(data, d, r, width, m):
+    """Probe the index and copy each found row; list the positions of the others; keep a copy
+    of the ids."""
     device = data.draw(hnp.arrays(np.uint8, (d, width)))
     ram = data.draw(hnp.arrays(np.uint8, (r, width)))
     resident = data.draw(st.lists(st.integers(0, 40), unique=True, max_size=d + r))
@@ -451,9 +452,11 @@ def test_index_gather(data, d, r, width, m, two_pass):
     expect, expect_missed = naive.index_gather(dict(zip(resident, slots)), device, ram, d, ids, out)
     missed = np.full(m, -1, dtype=np.int64)
     slab = np.concatenate([device, ram])       # the device tier's rows first, as HostMemory's
-    n = host_index.index_gather(buckets, owner, slab, ids, out, missed, two_pass)
+    kept = np.full(m, -1, dtype=np.int64)
+    n = host_index.index_gather(buckets, owner, slab, ids, out, missed, kept)
     npt.assert_array_equal(out, expect)
     assert missed[:n].tolist() == expect_missed
+    npt.assert_array_equal(kept, ids)
 
 
 @njit
@@ -500,24 +503,49 @@ def _tag_twins(slots, load, count):
     return [int(k) for k in twins[:count]]
 
 
-@pytest.mark.parametrize("two_pass", [False, True])
-def test_host_index_tag_twins(two_pass):
+def test_host_index_tag_twins():
     """Keys whose tags and home buckets agree: each finds its own slot, an absent twin none,
     and deleting the first keeps the others reachable."""
     a, b, absent = _tag_twins(8, 0.75, 3)
     c = 5
     buckets, owner = _host_index(3, 5, [a, b, c], [6, 1, 4])
     model = [-1, b, -1, -1, c, -1, a, -1]
-    _check_host_index(buckets, owner, model, two_pass)
+    _check_host_index(buckets, owner, model)
     rows = np.arange(8, dtype=np.uint64)[:, None]
     out = np.zeros((1, 1), dtype=np.uint64)
     missed = np.empty(1, dtype=np.int64)
-    assert host_index.index_gather(buckets, owner, rows, np.array([absent], dtype=np.int64), out,
-                                   missed, two_pass) == 1
+    probe = np.array([absent], dtype=np.int64)
+    assert host_index.index_gather(buckets, owner, rows, probe, out, missed,
+                                   np.empty_like(probe)) == 1
     host_index.index_retarget(buckets, owner, np.array([6]), np.empty(0, dtype=np.int64),
                               np.empty(0, dtype=np.int64))
     model[6] = -1
-    _check_host_index(buckets, owner, model, two_pass)
+    _check_host_index(buckets, owner, model)
+
+
+@pytest.mark.parametrize("present", [0, 3, 4, 5, 9])
+def test_index_gather_runs_longer_than_its_window(present):
+    """Keys sharing one home bucket form a run longer than the probe's branch-free window
+    (``host_index.WINDOW``): each is found past it, and an absent one of the same home is
+    missed; runs that wrap past the last bucket too."""
+    slots = 16
+    size = host_index.index_buckets(slots, 0.75)
+    keys = np.arange(1 << 16, dtype=np.int64)
+    homes = np.array([naive.entry_map_home(int(k), size) for k in keys])
+    # a run inside the table, one that wraps after a full window, one that wraps within it
+    for home in (3, size - host_index.WINDOW, size - 2):
+        same = keys[homes == home][:present + 1]
+        absent = int(same[-1])
+        resident = same[:-1].tolist()
+        buckets, owner = _host_index(4, slots - 4, resident, list(range(present)))
+        probe = np.array(resident + [absent], dtype=np.int64)
+        rows = np.arange(slots, dtype=np.uint64)[:, None]
+        out = np.full((len(probe), 1), 99, dtype=np.uint64)
+        missed = np.empty(len(probe), dtype=np.int64)
+        n = host_index.index_gather(buckets, owner, rows, probe, out, missed,
+                                    np.empty_like(probe))
+        assert missed[:n].tolist() == [present]
+        assert out[:present, 0].tolist() == list(range(present))
 
 
 @jit_settings
@@ -547,7 +575,7 @@ def test_host_index_moves(data, d, r, rounds):
                     np.array([model[s] >= 0 for s in sw_to], dtype=np.bool_))
             model = naive.index_swap(model, *args)
             host_index.index_swap(buckets, owner, *args)
-        _check_host_index(buckets, owner, model, data.draw(st.booleans()))
+        _check_host_index(buckets, owner, model)
 
 
 @jit_settings

@@ -153,17 +153,31 @@ def _resident_path(path, spec, table):
                                            seed=spec.seed + 9), len(resident) - 1)]
         ids = rng.permutation(ids).reshape(-1, spec.batch)
         ours = take = settle = 0.0
+        cpu = np.zeros(2)      # thread CPU time of ours and np.take: what other jobs inflate less
         before = store.stats()
         for b in ids:
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             store.lookup(b)
             ours += time.perf_counter() - t0
+            cpu[0] += time.thread_time() - c0
             settle += _settled(store)
-            t1 = time.perf_counter()
+            c1, t1 = time.thread_time(), time.perf_counter()
             np.take(table, b, axis=0)
             take += time.perf_counter() - t1
+            cpu[1] += time.thread_time() - c1
         hit = _hit_ratios(before, store.stats())[2]
-    return ours, take, hit, settle
+        # the same batches back to back, as a training loop calls: each lookup's planning
+        # round runs beside the next lookups (on the other core, where one is free)
+        t0 = time.perf_counter()
+        for b in ids:
+            store.lookup(b)
+        in_a_row = time.perf_counter() - t0
+        _settled(store)
+        t0 = time.perf_counter()
+        for b in ids:
+            np.take(table, b, axis=0)
+        take_in_a_row = time.perf_counter() - t0
+    return ours, take, hit, settle, tuple(cpu), (in_a_row, take_in_a_row)
 
 
 def _raw_reads(store, uniq, spec):
@@ -278,7 +292,8 @@ def _run(spec, workdir, path, out, progress):
                 bar.update(1)
             results.append(res)
         bar.set_postfix_str("resident path")
-        ours, take, hit, settle = _resident_path(path, spec, table)
+        ours, take, hit, settle, (ours_cpu, take_cpu), (in_a_row, take_in_a_row) = \
+            _resident_path(path, spec, table)
         bar.update(1)
         bar.set_postfix_str("cold path")
         (cold_ours, cold_raw, n_cold), (ahead_ours, ahead_raw, n_ahead) = _cold_path(path, spec)
@@ -317,8 +332,12 @@ def _run(spec, workdir, path, out, progress):
     out("|---|---:|---|---:|---:|")
     out(f"| resident (hit ratio {hit:.3f}) | {n / ours / 1e6:.2f} | np.take, whole table in RAM | "
         f"{n / take / 1e6:.2f} | {take / ours:.2f} |")
+    out(f"| (in thread CPU time: ours {ours_cpu / spec.timed * 1e3:.2f} ms a batch, np.take "
+        f"{take_cpu / spec.timed * 1e3:.2f} ms) | | | | {take_cpu / ours_cpu:.2f} |")
     out(f"| (the planner thread, after the resident lookups returned: {settle / spec.timed * 1e3:.1f} ms "
         f"a batch, off the caller's path) | | | | |")
+    out(f"| resident, lookups back to back (planning beside them) | {n / in_a_row / 1e6:.2f} | "
+        f"np.take, back to back | {n / take_in_a_row / 1e6:.2f} | {take_in_a_row / in_a_row:.2f} |")
     out(f"| cold (all misses) | {n_cold / cold_ours / 1e6:.2f} | py-lmdb get + np.frombuffer loop | "
         f"{n_cold / cold_raw / 1e6:.2f} | {cold_raw / cold_ours:.2f} |")
     out(f"| cold, next batch prefetched | {n_ahead / ahead_ours / 1e6:.2f} | the same loop | "
@@ -331,6 +350,7 @@ def _run(spec, workdir, path, out, progress):
         out("|---|---:|---:|---:|---:|---:|")
         for name, per_row, rel, read, write, err in sizes:
             out(f"| {name} | {per_row:.1f} | {rel:.2f} | {read / 1e6:.2f} | {write / 1e6:.2f} | {err:.2g} |")
-    return {"streams": results, "resident": (ours, take, hit, settle),
+    return {"streams": results, "resident": (ours, take, hit, settle, ours_cpu, take_cpu,
+                                             in_a_row, take_in_a_row),
             "cold": (cold_ours, cold_raw, ahead_ours, ahead_raw),
             "codecs": sizes}

@@ -1,6 +1,7 @@
 """The public Store: three tiers tied together by the placement policy."""
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -24,7 +25,7 @@ from .tier_sizes import check_fits, fitted_config
 from .tiers.base import DeviceLookupTier, HostLookupTier
 from .tiers.disk import DiskTier
 from .tiers.memory import HostMemory
-from .validation import as_id_array, as_id_tensor, as_rows, is_torch_tensor
+from .validation import as_id_array, as_id_tensor, as_rows, check_id_range, is_torch_tensor
 from .warmstart import admit_ready, start_warm
 from .writeback import WriteBackBuffer
 
@@ -180,8 +181,10 @@ class Store(TableStore):
         self._check_open()   # a closed store says so before it judges the ids
         if self._on_gpu:
             return self._memory.deliver(self._lookup_on_gpu(self._gpu_ids(ids)))
-        id_array = as_id_array(ids, self.num_rows)
+        id_array = as_id_array(ids, self.num_rows, check_range=False)
         if self._indexed and id_array.size >= LOGGED_LOOKUP_MIN_IDS:
+            # an id outside the table misses the index: the range is checked among the misses
+            # (as CUDA ids are), so the ids are read first by the pass, not by a check before it
             admitting = self._admitting
             if admitting is not None:
                 # the rows an earlier lookup missed enter memory before this one probes it:
@@ -194,6 +197,7 @@ class Store(TableStore):
 
                 out = torch_module().from_numpy(out)
             return out
+        check_id_range(id_array, self.num_rows)
         with self._exclusive():
             self._check_open()
             ready = self._lookup(id_array, is_torch_tensor(ids))
@@ -328,7 +332,7 @@ class Store(TableStore):
         """Log a lookup for the planner: its sample of ids and, when sampled, every id it missed
         too (the host read those anyway, and the policy should see each one to admit it)."""
         with self._log_lock:
-            n = int(np.prod(pending.shape))
+            n = math.prod(pending.shape)
             self._indexed_lookup["ids"] += n
             self._indexed_lookup["through_host"] += missed
             if pending.log_weight == 1:      # every id is in the sample already
@@ -376,7 +380,7 @@ class Store(TableStore):
                 if len(missed_ids):
                     # each miss counts for itself; the sample's hits stand for all the hits
                     sample = sample[~np.isin(sample, missed_ids)]
-                    hits = int(np.prod(pending.shape)) - missed
+                    hits = math.prod(pending.shape) - missed
                     ids += [sample, missed_ids]
                     weights += [np.full(len(sample), hits / max(1, len(sample))), missed_counts]
                 else:

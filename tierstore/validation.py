@@ -13,8 +13,13 @@ def is_torch_tensor(x) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
-def as_id_array(ids, num_rows: int) -> np.ndarray:
-    """Row ids as an int64 array of the caller's shape, every one in ``[0, num_rows)``."""
+def as_id_array(ids, num_rows: int, check_range: bool = True) -> np.ndarray:
+    """Row ids as an int64 array of the caller's shape, every one in ``[0, num_rows)``.
+
+    ``check_range=False`` leaves out the pass that checks the int64 ids against the range
+    (``check_id_range``; Python ints and unsigned ids beyond int64 are still checked), for a
+    caller that checks instead the ids it does not find in memory, as an id outside the
+    table never is found."""
     if is_torch_tensor(ids):
         # an empty float tensor (torch.tensor([])) is no ids, as an empty list is
         if ids.numel() and (ids.is_floating_point() or ids.is_complex()) or \
@@ -37,11 +42,18 @@ def as_id_array(ids, num_rows: int) -> np.ndarray:
         raise IdOutOfRangeError(
             f"row id {arr.reshape(-1)[k]} at position {k} is outside [0, {num_rows})")
     out = arr.astype(np.int64, copy=False)
-    bad = first_out_of_range(out.reshape(-1), num_rows)
+    if check_range:
+        check_id_range(out, num_rows)
+    return out
+
+
+def check_id_range(ids: np.ndarray, num_rows: int):
+    """An int64 array of ids, every one in ``[0, num_rows)``, else ``IdOutOfRangeError``
+    naming the first."""
+    bad = first_out_of_range(ids.reshape(-1), num_rows)
     if bad >= 0:
         raise IdOutOfRangeError(
-            f"row id {out.reshape(-1)[bad]} at position {bad} is outside [0, {num_rows})")
-    return out
+            f"row id {ids.reshape(-1)[bad]} at position {bad} is outside [0, {num_rows})")
 
 
 def as_id_tensor(ids, device):

@@ -32,9 +32,6 @@ from .base import DeviceLookupTier, HostLookupTier, MissedRows
 # 5M; at 0.6 load 0.93-1.07 at 55k (one pass), 1.10-1.19 at 262k, 1.09-1.25 at 1M and
 # 0.90-1.22 at 5M (two passes)
 INDEX_LOAD = 0.6
-# from this many slots a lookup probes in two passes (kernels/host_index.index_gather): one
-# pass was 1.11 of two passes' speed at 55k slots, 0.88-0.91 at 262k, 0.63-0.70 at 5M
-TWO_PASS_SLOTS = 1 << 18
 
 
 def words(rows: np.ndarray) -> np.ndarray:
@@ -117,14 +114,14 @@ class HostMemory(HostLookupTier, DeviceLookupTier):
 
     def issue(self, ids: np.ndarray) -> HostPending:
         """The lookup of int64 ``ids`` (any shape) through the index, as last committed."""
-        flat = ids.reshape(-1).copy()     # the log outlives the call: not the caller's array
+        flat = ids.reshape(-1)
+        kept = np.empty_like(flat)        # the log outlives the call: not the caller's array
         out = np.empty((len(flat), self.dim), dtype=self.dtype)
         missed = np.empty(len(flat), dtype=np.int64)
         with self.launch:
             n_missed = index_gather(self._buckets, self._owner, words(self._slab), flat,
-                                    words(out), missed,
-                                    len(self._owner) >= TWO_PASS_SLOTS)
-        return HostPending(out, tuple(ids.shape), flat, missed[:n_missed])
+                                    words(out), missed, kept)
+        return HostPending(out, tuple(ids.shape), kept, missed[:n_missed])
 
     def misses(self, pending: HostPending):
         """``(positions, ids)`` of the lookup's ids found in neither tier."""
