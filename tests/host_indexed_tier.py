@@ -61,6 +61,9 @@ class HostIndexedMemory(DeviceLookupTier):
         return SampledPending(out, tuple(np.shape(ids)), (missing, flat[missing]),
                               flat[start::stride].copy(), stride)
 
+    def wait_listed(self, pending):
+        return len(pending.misses[0]) > 0
+
     def misses(self, pending):
         return pending.misses
 

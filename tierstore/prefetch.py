@@ -110,8 +110,14 @@ class LookupHandle:
         return self._deliver(self._outcome(timeout)[0])
 
     def wait_quietly(self):
-        """Block until the lookup and its planning are over, whatever the outcome."""
+        """Block until the lookup and its planning are over, whatever the outcome (its last
+        step run here if no thread has)."""
         self.future.exception()
+        if self._finish is not None:
+            try:
+                self.run_finish()
+            except BaseException:  # noqa: BLE001  result() raises it to whoever asks
+                pass
 
     def note_update(self, ids: np.ndarray):
         if not self.stale and self.uniq is not None and np.isin(self.uniq, ids).any():

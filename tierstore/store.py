@@ -255,9 +255,11 @@ class Store(TableStore):
 
     def _finish_once_listed(self, handle, pending):
         """The worker's part of a lookup ahead on the GPU: once its miss list is on the host,
-        its last step, unless ``result()`` got there first."""
-        self._memory.wait_listed(pending)
-        handle.run_finish()
+        its last step (disk reads, upload), unless ``result()`` got there first. A lookup that
+        missed nothing is left to ``result()``: its last step is a few calls that the worker
+        would run while the model's thread launches kernels, the two taking turns at the GIL."""
+        if self._memory.wait_listed(pending):
+            handle.run_finish()
 
     def _finish_ahead_on_gpu(self, handle, pending, ids, gen):
         self._check_open()

@@ -132,8 +132,11 @@ class DeviceLookupTier(MemoryTier):
         """Start the lookup of ``ids`` (int64 numpy, or what ``caller_ids`` gave), reading
         the slabs as the last ``commit`` left them; a handle for the calls below."""
 
-    def wait_listed(self, pending) -> None:
-        """Block until ``misses(pending)`` would not wait (a host tier's list is there at once)."""
+    def wait_listed(self, pending) -> bool:
+        """Block until ``misses(pending)`` would not wait (a host tier's list is there at once);
+        False only if the lookup is known to have missed nothing (its last step then has no
+        host work that another thread could do ahead of the caller)."""
+        return True
 
     @abstractmethod
     def misses(self, pending) -> tuple[np.ndarray, np.ndarray]:

@@ -1,28 +1,34 @@
 """The memory tiers on a CUDA GPU: hot slab in HBM, warm slab in pinned host memory, and an
 index of both on the GPU, so that a lookup of resident rows does no host work per id.
 
-A lookup (:meth:`CudaMemory.issue`, on the tier's stream) is one Triton kernel
-(:mod:`.triton_lookup`): probe the GPU index (:mod:`.gpu_index`), copy each row
-from the HBM slab or, over PCIe, straight from the pinned RAM slab, and list
-the ids found in neither. The host reads back only that list (a count and the
-first ``MISS_PAIRS`` pairs, in one small copy); the store reads the missed rows
+A lookup (:meth:`CudaMemory.issue`) is one Triton kernel (:mod:`.triton_lookup`) on
+the caller's stream: probe the GPU index (:mod:`.gpu_index`), copy each row from
+the HBM slab or, over PCIe, straight from the pinned RAM slab, and list the ids
+found in neither. The host reads back only that list (a count and the first
+``MISS_PAIRS`` pairs, in one small copy); the store reads the missed rows
 (staging, write-back buffer, disk) and :meth:`CudaMemory.fill` uploads them into
-the output. The output reaches the caller's stream through a CUDA event
-(:meth:`CudaMemory.deliver`); nothing waits for the device as a whole.
+the output, on the same stream. The caller's stream already orders the output
+after its ids and before its use, so a lookup costs the host a kernel launch, a
+copy and an event, not the events and stream switches that a stream of its own
+would take to join the caller's; nothing waits for the device as a whole.
 
 Residency changes come from the store's planner in rounds: :meth:`write`
 (rows into slots) and :meth:`retarget` (ids moved, admitted, evicted) are
-buffered, and :meth:`commit` issues them together under the launch lock: one
-upload, one kernel writing rows into either slab (the GPU writes the pinned RAM
-slab too, so every slab change is ordered on the tier's stream with the lookups
-that read it: a lookup issued before a commit sees the old rows and index, one
-issued after sees the new), and the index's changed buckets. The GPU is never
+buffered, and :meth:`commit` issues them together under the launch lock, on the
+tier's stream: one upload, one kernel writing rows into either slab (the GPU
+writes the pinned RAM slab too, so every slab change is ordered on the GPU with
+the lookups that read it), and the index's changed buckets. The two kinds of
+stream meet through events taken under the launch lock: a commit waits for the
+last lookup issued on each stream before it, and a lookup waits for the last
+commit issued before it (once per stream), so a lookup issued before a commit
+sees the old rows and index, one issued after sees the new. The GPU is never
 read back for rows: a host *shadow* of the device slab serves demotions,
 write-backs and flushes, and the host reads the RAM slab only once the last
 commit's writes are done (an event).
 """
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 
@@ -66,20 +72,19 @@ class Packed:
 
 
 class Uploader:
-    """Host arrays to the GPU through reusable pinned buffers, on a side stream.
+    """Host arrays to the GPU through reusable pinned buffers.
 
     ``pack(specs)`` (``specs``: ``(numpy dtype, shape)`` pairs) takes a free pinned
     slot and gives numpy views of it to fill, on any thread and without a lock
     that lookups take; ``send(packed)`` copies them all in one non-blocking copy on
-    the side stream, which the current stream waits for through an event, and
-    gives the CUDA tensors; ``release(packed)``, once the work that reads those is
-    issued, frees the slot. A slot is reused once its last copy has left it.
+    the current stream, the one whose work reads them, and gives the CUDA tensors;
+    ``release(packed)``, once that work is issued, frees the slot. A slot is reused
+    once its last copy has left it and, on the GPU, once its last readers are done.
     """
 
     def __init__(self, torch, device, slots: int = STAGING_SLOTS):
         self.torch = torch
         self.device = device
-        self.stream = torch.cuda.Stream(device=device)
         self.ring = [_Slot(torch) for _ in range(slots)]    # every slot made, for checks
         self._free = deque(self.ring)     # oldest first: its copy is the likeliest done
         self._lock = threading.Lock()
@@ -106,7 +111,7 @@ class Uploader:
     def pack(self, specs) -> Packed:
         layout, total = [], 0
         for dt, shape in specs:
-            nbytes = int(np.prod(shape)) * np.dtype(dt).itemsize
+            nbytes = math.prod(shape) * np.dtype(dt).itemsize
             layout.append((total, nbytes, np.dtype(dt), tuple(shape)))
             total += _align(nbytes)
         slot = self._take()
@@ -121,11 +126,9 @@ class Uploader:
         slot, total = packed.slot, packed.total
         current = torch.cuda.current_stream(self.device)
         if total:
-            with torch.cuda.stream(self.stream):
-                self.stream.wait_event(slot.consumed)   # the last reader of ``dev`` is done
-                slot.dev[:total].copy_(slot.host[:total], non_blocking=True)
-                slot.copied.record(self.stream)
-            current.wait_event(slot.copied)
+            current.wait_event(slot.consumed)   # the last reader of ``dev``, maybe on another stream
+            slot.dev[:total].copy_(slot.host[:total], non_blocking=True)
+            slot.copied.record(current)
             self.bytes_sent += total
             self.copies += 1
         return [slot.dev[o:o + n].view(_torch_dtype(torch, dt)).view(shape)
@@ -162,35 +165,36 @@ def sample_size(n: int, start: int, stride: int) -> int:
 
 
 class Ready:
-    """A lookup's output on the tier's stream, with the event that marks it done."""
-    __slots__ = ("out", "event")
+    """A lookup's output, the stream it was made on and the event that marks it done there."""
+    __slots__ = ("out", "stream", "event")
 
-    def __init__(self, out, event):
-        self.out = out
-        self.event = event
+    def __init__(self, out, stream, event):
+        self.out, self.stream, self.event = out, stream, event
 
 
 class CallerIds:
-    """CUDA ids and the event that marks them ready on the stream that made them: a lookup
-    issued later, from any thread, waits for that point only."""
-    __slots__ = ("ids", "event")
+    """CUDA ids and the stream that made them, which their lookup runs on (issued again from
+    another thread, it still runs there)."""
+    __slots__ = ("ids", "stream")
 
-    def __init__(self, ids, event):
-        self.ids, self.event = ids, event
+    def __init__(self, ids, stream):
+        self.ids, self.stream = ids, stream
 
 
 class Pending:
     """A lookup issued on the GPU: its output (misses not yet filled), and the head of its
     *scratch* (``[miss count | logged ids | (position, id) pairs]``) on its way back to the
     host in one copy; the logged ids, once read back, for the planner's access log."""
-    __slots__ = ("out", "shape", "scratch", "head", "copied", "logged", "log", "log_weight")
+    __slots__ = ("out", "shape", "stream", "scratch", "head", "copied", "logged", "log",
+                 "log_weight", "filled")
 
-    def __init__(self, out, shape, scratch, head, copied, logged, log_weight):
-        self.out, self.shape = out, shape
+    def __init__(self, out, shape, stream, scratch, head, copied, logged, log_weight):
+        self.out, self.shape, self.stream = out, shape, stream
         self.scratch, self.head, self.copied = scratch, head, copied
         self.logged = logged          # how many ids of the lookup the log holds
         self.log = None               # those ids on the host, once ``misses`` has read them
         self.log_weight = log_weight  # lookups each logged id stands for
+        self.filled = False           # missed rows uploaded into ``out`` since ``copied``
 
     def log_ids(self) -> np.ndarray:
         """The lookup's logged ids on the host (read back with its misses)."""
@@ -239,7 +243,13 @@ class CudaMemory(DeviceLookupTier):
         self.launch = threading.Lock()   # a lookup's kernels and a commit's never interleave
         self._writes = []                # (slots, rows) buffered until commit
         self._index_dirty = False
-        self._committed = None           # event: the last commit's writes are done
+        self._committed = None           # event: the last commit's writes are done (for the host)
+        self._last_commit = torch.cuda.Event()   # the same, for lookups (at first: the slabs made)
+        self._last_commit.record(self.stream)
+        self._commits = 1
+        self._seen = {}                  # stream handle -> commits its lookups have waited for
+        self._issued = {}                # stream handle -> event after its last lookup
+        self._kernels = {}               # Triton kernels compiled for this tier's arguments
         self._log_turn = 0
 
     @property
@@ -249,62 +259,69 @@ class CudaMemory(DeviceLookupTier):
 
     def device_snapshot(self) -> np.ndarray:
         """A host copy of the device slab once the work issued on it is done (for checks)."""
-        self.stream.synchronize()
+        self._torch.cuda.synchronize(self.device_name)
         return self.device.cpu().numpy()
 
     def index_snapshot(self) -> dict[int, int]:
         """id -> slot as the GPU's index holds it once the work issued is done (for checks)."""
-        self.stream.synchronize()
+        self._torch.cuda.synchronize(self.device_name)
         keys, vals = self.index.dev_keys.cpu().numpy(), self.index.dev_vals.cpu().numpy()
         used = keys != -1
         return dict(zip(keys[used].tolist(), vals[used].tolist()))
 
     # -- the lookup path ---------------------------------------------------------------------
     def caller_ids(self, ids) -> CallerIds:
-        """int64 CUDA ids on this device, marked ready at this point of the current stream."""
-        event = self._torch.cuda.Event()
-        event.record(self._torch.cuda.current_stream(self.device_name))
-        return CallerIds(ids, event)
+        """int64 CUDA ids on this device, with the current stream, which made them."""
+        return CallerIds(ids, self._torch.cuda.current_stream(self.device_name))
 
     def issue(self, ids) -> Pending:
-        """Start the lookup of ``ids`` (an int64 numpy array, or :class:`CallerIds`) on the
-        tier's stream: resident rows gathered, misses listed, a sample of the ids logged."""
+        """Start the lookup of ``ids`` (an int64 numpy array, on the current stream, or
+        :class:`CallerIds`, on theirs): resident rows gathered, misses listed, a sample of
+        the ids logged."""
         torch = self._torch
+        current = torch.cuda.current_stream(self.device_name)
+        if isinstance(ids, CallerIds) and ids.stream != current:
+            with torch.cuda.stream(ids.stream):      # issued again, from another thread
+                return self.issue(ids)
         on_gpu = isinstance(ids, CallerIds)
         shape = tuple(ids.ids.shape if on_gpu else ids.shape)
-        n = int(np.prod(shape))
+        n = math.prod(shape)
         # the planner sees a sample of a large lookup: an odd stride (prime to the heads'
         # count of an Engram batch) from an offset that turns, so every id's turn comes
         start, stride = log_sample(n, self._log_turn)
         self._log_turn += 1
         logged = sample_size(n, start, stride)
         head = 1 + logged + 2 * min(n, MISS_PAIRS)
-        with self.launch, torch.cuda.stream(self.stream):
+        key = current.cuda_stream
+        with self.launch:
+            if self._seen.get(key, 0) != self._commits:     # a commit since its last lookup
+                current.wait_event(self._last_commit)
+                self._seen[key] = self._commits
             packed = None
             if on_gpu:
-                self.stream.wait_event(ids.event)
                 flat = ids.ids.reshape(-1)
-                flat.record_stream(self.stream)
             else:
                 packed = self.uploader.pack_arrays([ids.reshape(-1)])
                 (flat,) = self.uploader.send(packed)
             out = torch.empty((n, self.dim), dtype=self._tdtype, device=self.device_name)
-            scratch = torch.empty(1 + logged + 2 * n, dtype=torch.int64, device=self.device_name)
-            scratch[:1].zero_()
+            scratch = torch.zeros(1 + logged + 2 * n, dtype=torch.int64, device=self.device_name)
             triton_lookup(flat, self.index.dev_keys, self.index.dev_vals, self.index.rounds,
                           self.slab, self._ram_pointer, self.device_rows, out, scratch,
-                          start, stride, logged)
+                          start, stride, logged, self._kernels)
             host = torch.empty(head, dtype=torch.int64, pin_memory=True)
             host.copy_(scratch[:head], non_blocking=True)
             copied = torch.cuda.Event()
-            copied.record(self.stream)
+            copied.record(current)
+            self._issued[key] = copied
             if packed is not None:
                 self.uploader.release(packed)
-        return Pending(out, shape, scratch, host, copied, logged, stride)
+        return Pending(out, shape, current, scratch, host, copied, logged, stride)
 
-    def wait_listed(self, pending: Pending):
-        """Block until the lookup's miss list is on the host (the GIL released meanwhile)."""
+    def wait_listed(self, pending: Pending) -> bool:
+        """Block until the lookup's miss list is on the host (the GIL released meanwhile);
+        whether it holds any id."""
         pending.copied.synchronize()
+        return bool(pending.head.numpy()[0])
 
     def misses(self, pending: Pending):
         """``(positions, ids)`` of the lookup's ids found in neither tier (waits for its list);
@@ -316,11 +333,11 @@ class CudaMemory(DeviceLookupTier):
         pending.log = head[1:1 + logged].copy()
         pairs = head[1 + logged:1 + logged + 2 * count]
         if 2 * count > len(pairs):                   # more than the first copy carried
-            with torch.cuda.stream(self.stream):
+            with torch.cuda.stream(pending.stream):
                 rest = torch.empty(2 * count, dtype=torch.int64, pin_memory=True)
                 rest.copy_(pending.scratch[1 + logged:1 + logged + 2 * count], non_blocking=True)
                 done = torch.cuda.Event()
-                done.record(self.stream)
+                done.record(pending.stream)
             done.synchronize()
             pairs = rest.numpy()
         pending.scratch = pending.head = None
@@ -344,23 +361,28 @@ class CudaMemory(DeviceLookupTier):
             mine.rows[...], mine.positions[...], mine.which[...] = (missed.rows, missed.positions,
                                                                     missed.which)
             missed = mine
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.stream(pending.stream):
             rows, positions, which = self.uploader.send(missed.packed)
-            scatter_rows(rows, positions, which, pending.out)
+            scatter_rows(rows, positions, which, pending.out, self._kernels)
             self.uploader.release(missed.packed)
+        pending.filled = True
 
     def ready(self, pending: Pending) -> Ready:
-        """The lookup's output, its rows all in place once its event completes."""
-        torch = self._torch
-        event = torch.cuda.Event()
-        event.record(self.stream)
-        return Ready(pending.out.view(pending.shape + (self.dim,)), event)
+        """The lookup's output, its rows all in place once its event completes (for a lookup
+        that filled nothing, the event after its miss list's copy: no second one)."""
+        event = pending.copied
+        if pending.filled:
+            event = self._torch.cuda.Event()
+            event.record(pending.stream)
+        return Ready(pending.out.view(pending.shape + (self.dim,)), pending.stream, event)
 
     def deliver(self, ready: Ready):
-        """The output of a lookup, made safe to use on the current stream."""
+        """The output of a lookup, made safe to use on the current stream (on the stream it
+        was made on, the stream's order does it)."""
         current = self._torch.cuda.current_stream(self.device_name)
-        current.wait_event(ready.event)
-        ready.out.record_stream(current)
+        if current != ready.stream:
+            current.wait_event(ready.event)
+            ready.out.record_stream(current)
         return ready.out
 
     # -- moving rows (the planner's rounds, updates) -----------------------------------------
@@ -426,15 +448,20 @@ class CudaMemory(DeviceLookupTier):
             arrays += index_arrays
         packed = self.uploader.pack_arrays(arrays)
         with self.launch, torch.cuda.stream(self.stream):
+            for looked_up in self._issued.values():   # the lookups issued before it are done
+                self.stream.wait_event(looked_up)
+            self._issued.clear()
             tensors = self.uploader.send(packed)
             if self._writes:
-                write_rows(tensors[0], tensors[1], self.slab, self._ram_pointer, self.device_rows)
+                write_rows(tensors[0], tensors[1], self.slab, self._ram_pointer, self.device_rows,
+                           self._kernels)
                 tensors = tensors[2:]
             if self._index_dirty:
                 self.index.load(cleared, *tensors)
             self.uploader.release(packed)
-            self._committed = torch.cuda.Event()
+            self._committed = self._last_commit = torch.cuda.Event()
             self._committed.record(self.stream)
+            self._commits += 1
         self._writes = []
         self._index_dirty = False
 

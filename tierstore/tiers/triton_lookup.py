@@ -44,7 +44,10 @@ def _kernels():
         raise ImportError("device='cuda' needs Triton (it comes with torch's CUDA builds): "
                           "pip install triton") from None
 
-    @triton.jit
+    # the arguments that change from lookup to lookup are not specialized on, so one compiled
+    # kernel serves a tier (see ``launch``)
+    @triton.jit(do_not_specialize=["n", "rounds", "miss_cap", "sample_start", "sample_stride",
+                                   "logged"])
     def lookup_kernel(ids_ptr, keys_ptr, vals_ptr, slab_ptr, ram_ptr, out_ptr, scratch_ptr,
                       n, mask, rounds, device_rows, dim, miss_cap, m1, m2,
                       sample_start, sample_stride, logged,
@@ -90,7 +93,7 @@ def _kernels():
             tl.store(pairs + 2 * at, offs, mask=keep)
             tl.store(pairs + 1 + 2 * at, key, mask=keep)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n"])
     def scatter_kernel(rows_ptr, positions_ptr, which_ptr, out_ptr, n, dim,
                        BLOCK: tl.constexpr, DIM: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -102,7 +105,7 @@ def _kernels():
         row = tl.load(rows_ptr + src[:, None] * dim + cols[None, :], mask=in_row)
         tl.store(out_ptr + at[:, None] * dim + cols[None, :], row, mask=in_row)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n"])
     def write_kernel(slots_ptr, rows_ptr, slab_ptr, ram_ptr, n, device_rows, dim,
                      BLOCK: tl.constexpr, DIM: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -120,38 +123,85 @@ def _kernels():
     return triton, lookup_kernel, write_kernel, scatter_kernel
 
 
+def launch(kernel, compiled: dict, grid, args: tuple, constexprs: dict):
+    """``kernel[grid](*args, **constexprs)``; once compiled, through the compiled kernel.
+
+    Triton's launch of a ``@jit`` function binds and specializes every argument and
+    looks its compiled kernel up again on each call: 33-44 us of host time for the
+    lookup kernel on the H200's host, where ``F.embedding``'s whole call took 17-19 us. A
+    tier always passes the same kinds of arguments (its own slabs and index, fresh
+    outputs aligned by torch's allocator, ids aligned by the caller, unspecialized
+    counts), so the kernel compiled at its first lookup serves every later one, kept
+    in ``compiled`` (one dict a tier). A Triton whose compiled kernels take their
+    arguments otherwise (a ``TypeError`` before anything runs) keeps the plain launch.
+    """
+    fast = compiled.get(kernel)
+    if fast:
+        try:
+            fast[grid](*args, *constexprs.values())
+            return
+        except TypeError:
+            compiled[kernel] = False
+    made = kernel[grid](*args, **constexprs)
+    if fast is None:
+        compiled[kernel] = made if hasattr(made, "__getitem__") else False
+
+
 def lookup(ids, keys, vals, rounds: int, slab, ram: HostPointer, device_rows: int, out, scratch,
-           sample_start: int, sample_stride: int, logged: int):
+           sample_start: int, sample_stride: int, logged: int, compiled: dict | None = None):
     """Rows of the int64 CUDA tensor ``ids`` into ``out`` (``len(ids) x dim``), on the current
     stream. ``scratch`` (int64, its first element zeroed by the caller) receives
     ``[count | ids[sample_start::sample_stride] (logged of them) | pos0, id0, pos1, id1, ...]``:
-    the ids in neither slab (their rows in ``out`` are zeros), as many pairs as fit."""
+    the ids in neither slab (their rows in ``out`` are zeros), as many pairs as fit.
+    ``compiled``: the caller's cache of the compiled kernel (``launch``), for a caller
+    that passes the same slab, RAM slab and index every time."""
     triton, kernel, _, _ = _kernels()
     n, dim = len(ids), out.shape[1]
     if n == 0:
         return
-    kernel[(triton.cdiv(n, BLOCK_IDS),)](
-        ids, keys, vals, slab, ram, out, scratch, n, len(keys) - 1, rounds, device_rows, dim,
-        (len(scratch) - 1 - logged) // 2, M1, M2, sample_start, sample_stride, logged,
-        BLOCK=BLOCK_IDS, DIM=triton.next_power_of_2(dim))
+    if ids.data_ptr() % 16:            # the compiled kernel reads ids as 16-byte aligned
+        ids = ids.clone()
+    args = (ids, keys, vals, slab, ram, out, scratch, n, len(keys) - 1, rounds, device_rows, dim,
+            (len(scratch) - 1 - logged) // 2, M1, M2, sample_start, sample_stride, logged)
+    constexprs = {"BLOCK": BLOCK_IDS, "DIM": triton.next_power_of_2(dim)}
+    grid = (triton.cdiv(n, BLOCK_IDS),)
+    if compiled is None or len(scratch) >= 1 << 31:   # counts past int32 compile another kernel
+        kernel[grid](*args, **constexprs)
+    else:
+        launch(kernel, compiled, grid, args, constexprs)
 
 
-def scatter_rows(rows, positions, which, out):
+def _aligned(*tensors) -> bool:
+    return not any(t.data_ptr() % 16 for t in tensors)
+
+
+def scatter_rows(rows, positions, which, out, compiled: dict | None = None):
     """``out[positions[k]] = rows[which[k]]`` (CUDA tensors; int64 indices), on the current
-    stream."""
+    stream. ``compiled``: as :func:`lookup`'s."""
     triton, _, _, kernel = _kernels()
     n, dim = len(positions), out.shape[1]
     if n == 0:
         return
-    kernel[(triton.cdiv(n, BLOCK_IDS),)](rows, positions, which, out, n, dim,
-                                         BLOCK=BLOCK_IDS, DIM=triton.next_power_of_2(dim))
+    args = (rows, positions, which, out, n, dim)
+    constexprs = {"BLOCK": BLOCK_IDS, "DIM": triton.next_power_of_2(dim)}
+    grid = (triton.cdiv(n, BLOCK_IDS),)
+    if compiled is None or n >= 1 << 31 or not _aligned(rows, positions, which, out):
+        kernel[grid](*args, **constexprs)
+    else:
+        launch(kernel, compiled, grid, args, constexprs)
 
 
-def write_rows(slots, rows, slab, ram: HostPointer, device_rows: int):
-    """``rows[k]`` into physical slot ``slots[k]`` (int64 CUDA tensors), on the current stream."""
+def write_rows(slots, rows, slab, ram: HostPointer, device_rows: int, compiled: dict | None = None):
+    """``rows[k]`` into physical slot ``slots[k]`` (int64 CUDA tensors), on the current stream.
+    ``compiled``: as :func:`lookup`'s."""
     triton, _, kernel, _ = _kernels()
     n, dim = len(slots), rows.shape[1]
     if n == 0:
         return
-    kernel[(triton.cdiv(n, BLOCK_IDS),)](slots, rows, slab, ram, n, device_rows, dim,
-                                         BLOCK=BLOCK_IDS, DIM=triton.next_power_of_2(dim))
+    args = (slots, rows, slab, ram, n, device_rows, dim)
+    constexprs = {"BLOCK": BLOCK_IDS, "DIM": triton.next_power_of_2(dim)}
+    grid = (triton.cdiv(n, BLOCK_IDS),)
+    if compiled is None or n >= 1 << 31 or not _aligned(slots, rows):
+        kernel[grid](*args, **constexprs)
+    else:
+        launch(kernel, compiled, grid, args, constexprs)
