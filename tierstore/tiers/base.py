@@ -124,8 +124,8 @@ class DeviceLookupTier(MemoryTier):
 
     @abstractmethod
     def caller_ids(self, ids):
-        """Ids on the tier's device, marked ready at this point of the caller's stream, for
-        ``issue`` (numpy ids go to ``issue`` as they are)."""
+        """Ids on the tier's device, with the caller's stream (where the lookup runs, after
+        them), for ``issue`` (numpy ids go to ``issue`` as they are)."""
 
     @abstractmethod
     def issue(self, ids):
