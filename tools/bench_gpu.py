@@ -91,7 +91,8 @@ def h2d(rows_n, dim, reps):
     positions = rng.permutation(rows_n)
     which = np.arange(rows_n)
     mem = CudaMemory(1, 0, dim, np.float16, str(DEV))
-    lookup = SimpleNamespace(out=torch.empty((rows_n, dim), dtype=torch.float16, device=DEV))
+    lookup = SimpleNamespace(out=torch.empty((rows_n, dim), dtype=torch.float16, device=DEV),
+                             stream=torch.cuda.current_stream(DEV), filled=False)
     nbytes = rows.nbytes
 
     def ours():

@@ -330,7 +330,7 @@ class CudaMemory(DeviceLookupTier):
         pending.copied.synchronize()
         head = pending.head.numpy()
         count, logged = int(head[0]), pending.logged
-        pending.log = head[1:1 + logged].copy()
+        pending.log = head[1:1 + logged]    # a view: it keeps the pinned buffer from reuse
         pairs = head[1 + logged:1 + logged + 2 * count]
         if 2 * count > len(pairs):                   # more than the first copy carried
             with torch.cuda.stream(pending.stream):

@@ -164,7 +164,7 @@ def lookup(ids, keys, vals, rounds: int, slab, ram: HostPointer, device_rows: in
     args = (ids, keys, vals, slab, ram, out, scratch, n, len(keys) - 1, rounds, device_rows, dim,
             (len(scratch) - 1 - logged) // 2, M1, M2, sample_start, sample_stride, logged)
     constexprs = {"BLOCK": BLOCK_IDS, "DIM": triton.next_power_of_2(dim)}
-    grid = (triton.cdiv(n, BLOCK_IDS),)
+    grid = (triton.cdiv(n, BLOCK_IDS), 1, 1)     # the compiled kernel takes all three
     if compiled is None or len(scratch) >= 1 << 31:   # counts past int32 compile another kernel
         kernel[grid](*args, **constexprs)
     else:
@@ -184,7 +184,7 @@ def scatter_rows(rows, positions, which, out, compiled: dict | None = None):
         return
     args = (rows, positions, which, out, n, dim)
     constexprs = {"BLOCK": BLOCK_IDS, "DIM": triton.next_power_of_2(dim)}
-    grid = (triton.cdiv(n, BLOCK_IDS),)
+    grid = (triton.cdiv(n, BLOCK_IDS), 1, 1)     # the compiled kernel takes all three
     if compiled is None or n >= 1 << 31 or not _aligned(rows, positions, which, out):
         kernel[grid](*args, **constexprs)
     else:
@@ -200,7 +200,7 @@ def write_rows(slots, rows, slab, ram: HostPointer, device_rows: int, compiled: 
         return
     args = (slots, rows, slab, ram, n, device_rows, dim)
     constexprs = {"BLOCK": BLOCK_IDS, "DIM": triton.next_power_of_2(dim)}
-    grid = (triton.cdiv(n, BLOCK_IDS),)
+    grid = (triton.cdiv(n, BLOCK_IDS), 1, 1)     # the compiled kernel takes all three
     if compiled is None or n >= 1 << 31 or not _aligned(slots, rows):
         kernel[grid](*args, **constexprs)
     else:
