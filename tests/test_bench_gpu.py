@@ -35,9 +35,10 @@ def test_runs_on_cpu_and_writes_json(tmp_path, capsys):
     path = tmp_path / "gpu.json"
     bench.main(["--smoke", "--device", "cpu", "--models", "2x128", "--batch", "1", "--seq", "64",
                 "--rows", "32000", "--nu-rows", "32000", "--warm", "2", "--batches", "2",
-                "--nu-distinct", "2", "--tmp", str(tmp_path), "--json", str(path)])
+                "--nu-distinct", "2", "--repeat", "3", "--tmp", str(tmp_path), "--json", str(path)])
     record = json.loads(path.read_text())
     assert record["command"].startswith("python tools/bench_gpu.py --smoke --device cpu")
+    assert "--repeat 3" in record["command"]      # the median run and its hits
     assert set(record["models"]) == {"2x128", "2x128/newuser"}
     assert set(record["setups"]) == {"recorded", "newuser"}
     assert record["setups"]["newuser"]["writable"] and not record["setups"]["recorded"]["writable"]
