@@ -395,6 +395,58 @@ def decode_raw_rows(buf: bytes, starts, stops, out):
     return out, np.array(ok, dtype=np.bool_)
 
 
+def verify_raw_rows(keys, frames: list[bytes], width: int):
+    """(payloads, ok): each fixed-width frame's payload (its first ``width`` bytes), and
+    whether its last 4 bytes are the CRC-32 of (8-byte big-endian key, payload)."""
+    payloads = np.zeros((len(frames), width), dtype=np.uint8)
+    ok = []
+    for i, (key, value) in enumerate(zip(keys, frames)):
+        payloads[i] = np.frombuffer(value[:width], dtype=np.uint8)
+        stored = int.from_bytes(value[width:], "little")
+        ok.append(zlib.crc32(int(key).to_bytes(8, "big") + value[:width]) == stored)
+    return payloads, np.array(ok, dtype=np.bool_)
+
+
+class Staging:
+    """The staging of read-ahead rows as a list of (sorted ids, rows) chunks, each row taken
+    out by copying the chunk's other rows (prefetch.Staging keeps a mask instead)."""
+
+    def __init__(self, limit_rows: int):
+        self.limit_rows = limit_rows
+        self.chunks = []
+
+    @property
+    def rows(self) -> int:
+        return sum(len(ids) for ids, _ in self.chunks)
+
+    def add(self, ids, rows):
+        if len(ids):
+            order = np.argsort(ids)
+            self.chunks.append((ids[order], rows[order]))
+            while self.rows > self.limit_rows and len(self.chunks) > 1:
+                self.chunks.pop(0)
+
+    def take(self, ids, out, positions, keep=False):
+        found = np.zeros(len(ids), dtype=bool)
+        for c, (chunk_ids, chunk_rows) in enumerate(self.chunks):
+            for k, i in enumerate(ids):
+                if found[k] or i not in chunk_ids.tolist():
+                    continue
+                j = chunk_ids.tolist().index(i)
+                if out is not None:
+                    out[positions[k]] = chunk_rows[j]
+                found[k] = True
+                if not keep:
+                    chunk_ids, chunk_rows = np.delete(chunk_ids, j), np.delete(chunk_rows, j, 0)
+            self.chunks[c] = (chunk_ids, chunk_rows)
+        self.chunks = [c for c in self.chunks if len(c[0])]
+        return found
+
+    def drop(self, ids):
+        self.chunks = [(i[~np.isin(i, ids)], r[~np.isin(i, ids)]) for i, r in self.chunks]
+        self.chunks = [c for c in self.chunks if len(c[0])]
+
+
 def decode_int8_rows(buf: bytes, starts, stops, out):
     """(out, ok): float32 little-endian scale then ``dim`` int8, times the scale, in float32."""
     out = out.copy()

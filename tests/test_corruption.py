@@ -166,6 +166,29 @@ def test_bit_rot_in_values(store_path, table, tmp_path):
     assert_salvaged(store_path, tmp_path / "rescued", table, BAD_ROWS, report)
 
 
+def test_values_of_the_wrong_length_are_corrupt(store_path, table):
+    """A raw value with bytes after a valid frame, or cut short, is damage: the one-pass check
+    of fixed-width frames leaves such a batch to the general one, which names the row."""
+    env = lmdb.open(str(store_path), max_dbs=2)
+    with env.begin(write=True) as txn:
+        db = env.open_db(b"rows", txn=txn)
+        for rid, cut in ((7, None), (2100, -1)):
+            key = rid.to_bytes(8, "big")
+            value = txn.get(key, db=db)
+            txn.put(key, value + b"\0\0\0\0" if cut is None else value[:cut], db=db)
+    env.close()
+    with ts.open(store_path, config=tiny()) as s:
+        for rid in (7, 2100):
+            with pytest.raises(ts.CorruptRowError) as info:
+                s.lookup([rid])
+            assert info.value.row_ids == [rid]
+        with pytest.raises(ts.CorruptRowError) as info:
+            s.lookup(np.arange(NUM_ROWS))
+        assert sorted(info.value.row_ids) == [7, 2100]
+        good = np.setdiff1d(np.arange(NUM_ROWS), [7, 2100])
+        np.testing.assert_array_equal(s.lookup(good), table[good])
+
+
 def test_check_lists_every_corrupt_row_across_scan_chunks(tmp_path):
     """More rows than one check() chunk (65536), a thousand of them damaged: all are listed."""
     n = 70_000

@@ -733,6 +733,39 @@ def test_verify_frames(specs):
             assert not good
 
 
+@jit_settings
+@given(rows=st.integers(0, 11), words=st.sampled_from([2, 4, 16, 64]),
+       damage=st.lists(st.tuples(st.integers(0, 10), st.sampled_from(["payload", "crc", "key"]),
+                                 st.integers(0, 10**6)), max_size=4),
+       seed=st.integers(0, 2**32 - 1))
+def test_verify_raw_words(rows, words, damage, seed):
+    """Frames checked and copied four rows at a time (and the rest one by one), against zlib."""
+    rng = np.random.default_rng(seed)
+    width = 4 * words
+    keys = np.sort(rng.choice(2**40, rows, replace=False)) if rows else np.zeros(0, np.int64)
+    payloads = rng.integers(0, 256, (rows, width), dtype=np.uint8)
+    frames = [bytearray(naive.frame(int(k), p.tobytes())) for k, p in zip(keys, payloads)]
+    for row, kind, noise in damage:
+        if row >= rows:
+            continue
+        if kind == "payload":
+            frames[row][noise % width] ^= 1 << (noise % 8)
+        elif kind == "crc":
+            frames[row][width + noise % 4] ^= 1 << (noise % 8)
+        else:
+            frames[row] = bytearray(naive.frame(int(keys[row]) ^ (1 << (noise % 40)),
+                                                payloads[row].tobytes()))
+    frames = [bytes(f) for f in frames]
+    want_rows, want_ok = naive.verify_raw_rows(keys, frames, width)
+    packed = np.frombuffer(b"".join(frames), dtype=np.uint8).copy()
+    out = np.zeros((rows, words), dtype=np.uint32)
+    ok = np.zeros(rows, dtype=np.bool_)
+    codec.verify_raw_words(keys.astype(">u8").view(np.uint8), packed.view("<u4").reshape(rows, words + 1),
+                           out, ok)
+    npt.assert_array_equal(ok, want_ok)
+    npt.assert_array_equal(out.view(np.uint8).reshape(rows, width), want_rows)
+
+
 def _pack(payloads):
     lengths = np.array([len(p) for p in payloads], dtype=np.int64)
     stops = np.cumsum(lengths) if len(payloads) else np.zeros(0, dtype=np.int64)

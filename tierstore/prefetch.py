@@ -125,11 +125,14 @@ class LookupHandle:
 
 
 class Staging:
-    """Rows read ahead of use, as a queue of (sorted ids, rows) chunks."""
+    """Rows read ahead of use, as a queue of chunks: sorted ids, their rows, and a mask of
+    the rows still staged. Rows leave by their mask; a chunk is compacted only once fewer
+    than half of its rows are left, so taking a few rows of a large chunk (the planner
+    admitting 16 of a cold lookup's 61,000) costs no copy of the rest."""
 
     def __init__(self, limit_rows: int):
         self.limit_rows = limit_rows
-        self._chunks: list[tuple[np.ndarray, np.ndarray]] = []
+        self._chunks: list[list] = []     # [ids, rows, live mask, live count]
         self.rows = 0
 
     def add(self, ids: np.ndarray, rows: np.ndarray):
@@ -140,10 +143,10 @@ class Staging:
         if not (ids[1:] > ids[:-1]).all():
             order = np.argsort(ids)
             ids, rows = ids[order], rows[order]
-        self._chunks.append((ids, rows))
+        self._chunks.append([ids, rows, np.ones(len(ids), dtype=bool), len(ids)])
         self.rows += len(ids)
         while self.rows > self.limit_rows and len(self._chunks) > 1:
-            self.rows -= len(self._chunks.pop(0)[0])
+            self.rows -= self._chunks.pop(0)[3]
 
     def take(self, ids: np.ndarray, out: np.ndarray | None, positions: np.ndarray | None,
              keep: bool = False) -> np.ndarray:
@@ -152,37 +155,43 @@ class Staging:
         each id (the oldest), as a prefetch stages its own copy of rows staged before it for
         its lookup, which the planning of an earlier lookup must leave there."""
         found = np.zeros(len(ids), dtype=bool)
-        kept = []
-        for chunk_ids, chunk_rows in self._chunks:
+        for chunk in self._chunks:
+            chunk_ids, chunk_rows, live = chunk[0], chunk[1], chunk[2]
             where = np.minimum(np.searchsorted(chunk_ids, ids), len(chunk_ids) - 1)
-            hit = (chunk_ids[where] == ids) & ~found
+            hit = (chunk_ids[where] == ids) & live[where] & ~found
             if out is not None:
                 out[positions[hit]] = chunk_rows[where[hit]]
             found |= hit
-            if keep or not hit.any():
-                kept.append((chunk_ids, chunk_rows))
-                continue
-            stay = np.ones(len(chunk_ids), dtype=bool)
-            stay[where[hit]] = False
-            if stay.any():
-                kept.append((chunk_ids[stay], chunk_rows[stay]))
-        self._chunks = kept
-        self.rows = sum(len(c[0]) for c in kept)
+            if not keep:
+                gone = where[hit]
+                live[gone] = False
+                chunk[3] -= len(gone)
+        if not keep:
+            self._compact()
         return found
 
     def drop(self, ids: np.ndarray):
         """Forget staged copies of ``ids``."""
         if not self._chunks or not len(ids):
             return
+        for chunk in self._chunks:
+            gone = chunk[2] & np.isin(chunk[0], ids)
+            chunk[2][gone] = False
+            chunk[3] -= int(gone.sum())
+        self._compact()
+
+    def _compact(self):
+        """Chunks with no row left go; those less than half full keep only their live rows."""
         kept = []
-        for chunk_ids, chunk_rows in self._chunks:
-            keep = ~np.isin(chunk_ids, ids)
-            if keep.all():
-                kept.append((chunk_ids, chunk_rows))
-            elif keep.any():
-                kept.append((chunk_ids[keep], chunk_rows[keep]))
+        for chunk in self._chunks:
+            ids, rows, live, count = chunk
+            if count == 0:
+                continue
+            if 2 * count < len(ids):
+                chunk = [ids[live], rows[live], np.ones(count, dtype=bool), count]
+            kept.append(chunk)
         self._chunks = kept
-        self.rows = sum(len(c[0]) for c in kept)
+        self.rows = sum(c[3] for c in kept)
 
     def clear(self):
         self._chunks = []
