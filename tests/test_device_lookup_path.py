@@ -119,3 +119,29 @@ def test_a_lookup_ahead_is_finished_by_the_worker_only_when_it_missed(host_index
         store.update(np.array([3]), np.full((1, 4), -1, dtype=np.float32))
         assert store.stats()["indexed_lookup"]["ids"] == counted + 6   # the update finished it
         np.testing.assert_array_equal(never_asked.result(), table[[1]])
+
+
+def test_a_lookup_ahead_whose_last_step_failed_in_an_update_raises_that_error(host_indexed,
+                                                                              tmp_path):
+    """A lookup ahead that missed nothing, its last step run (and failed) by the next update's
+    wait: ``result()`` raises that step's error, not a bare "ended without rows"."""
+    table = np.arange(64, dtype=np.float32).reshape(16, 4)
+    with ts.create(tmp_path / "s", 16, 4, "float32", init=table,
+                   config=ts.StoreConfig(device_rows=4, ram_rows=4)) as store:
+        store.lookup(np.array([1, 2]))
+        store.stats()                              # rows 1 and 2 admitted
+        handle = store.lookup_async(np.array([1, 2]))
+        handle.future.result()                     # the worker left it (nothing missed)
+        assert handle._finish is not None
+
+        class Broken(Exception):
+            pass
+
+        def broken(pending):
+            raise Broken("the miss list could not be read")
+
+        store._memory.misses = broken
+        store.update(np.array([3]), np.full((1, 4), -1, dtype=np.float32))
+        del store._memory.misses
+        with pytest.raises(Broken):
+            handle.result()

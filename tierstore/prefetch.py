@@ -96,6 +96,8 @@ class LookupHandle:
         if not self._ready.wait(timeout):
             raise TimeoutError("the lookup has not finished")
         if self._published is None:        # it failed (or the store closed) before its rows
+            if self._error is not None:    # in its last step, maybe run by ``wait_quietly``
+                raise self._error
             self.future.result()
             raise RuntimeError("the lookup ended without rows")
         return self._published
