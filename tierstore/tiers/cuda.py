@@ -94,6 +94,9 @@ class Uploader:
     def _grow(self, slot: _Slot, total: int):
         torch = self.torch
         capacity = max(_align(total), 2 * slot.capacity, 1 << 20)
+        # the old device buffer goes back to the allocator of the stream it was made on, which
+        # may hand it out at once: its readers on other streams must be done first
+        slot.consumed.synchronize()
         with torch.inference_mode(False):      # reused outside the mode it was grown in
             slot.host = torch.empty(capacity, dtype=torch.uint8, pin_memory=True)
             slot.dev = torch.empty(capacity, dtype=torch.uint8, device=self.device)
@@ -279,6 +282,9 @@ class CudaMemory(DeviceLookupTier):
         :class:`CallerIds`, on theirs): resident rows gathered, misses listed, a sample of
         the ids logged."""
         torch = self._torch
+        if torch.cuda.current_device() != self.device_name.index:
+            with torch.cuda.device(self.device_name):    # Triton launches on the current device
+                return self.issue(ids)
         current = torch.cuda.current_stream(self.device_name)
         if isinstance(ids, CallerIds) and ids.stream != current:
             with torch.cuda.stream(ids.stream):      # issued again, from another thread
@@ -320,8 +326,9 @@ class CudaMemory(DeviceLookupTier):
     def wait_listed(self, pending: Pending) -> bool:
         """Block until the lookup's miss list is on the host (the GIL released meanwhile);
         whether it holds any id."""
+        head = pending.head      # a result() that read the list first has let it go
         pending.copied.synchronize()
-        return bool(pending.head.numpy()[0])
+        return head is not None and bool(head.numpy()[0])
 
     def misses(self, pending: Pending):
         """``(positions, ids)`` of the lookup's ids found in neither tier (waits for its list);
