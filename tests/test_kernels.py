@@ -739,7 +739,7 @@ def test_verify_frames(specs):
                                  st.integers(0, 10**6)), max_size=4),
        seed=st.integers(0, 2**32 - 1))
 def test_verify_raw_words(rows, words, damage, seed):
-    """Frames checked and copied four rows at a time (and the rest one by one), against zlib."""
+    """Frames checked and copied to their rows four at a time (the rest one by one), against zlib."""
     rng = np.random.default_rng(seed)
     width = 4 * words
     keys = np.sort(rng.choice(2**40, rows, replace=False)) if rows else np.zeros(0, np.int64)
@@ -758,12 +758,15 @@ def test_verify_raw_words(rows, words, damage, seed):
     frames = [bytes(f) for f in frames]
     want_rows, want_ok = naive.verify_raw_rows(keys, frames, width)
     packed = np.frombuffer(b"".join(frames), dtype=np.uint8).copy()
-    out = np.zeros((rows, words), dtype=np.uint32)
+    out = np.zeros((rows + 2, words), dtype=np.uint32)   # two rows no frame goes to
+    dest = rng.permutation(rows + 2)[:rows]
     ok = np.zeros(rows, dtype=np.bool_)
     codec.verify_raw_words(keys.astype(">u8").view(np.uint8), packed.view("<u4").reshape(rows, words + 1),
-                           out, ok)
+                           out, dest, ok)
     npt.assert_array_equal(ok, want_ok)
-    npt.assert_array_equal(out.view(np.uint8).reshape(rows, width), want_rows)
+    npt.assert_array_equal(out.view(np.uint8).reshape(rows + 2, width)[dest], want_rows)
+    untouched = np.setdiff1d(np.arange(rows + 2), dest)
+    assert not out[untouched].any()
 
 
 def _pack(payloads):

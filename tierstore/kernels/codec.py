@@ -146,16 +146,17 @@ def _slice8(c, lo_word, hi_word):
 
 
 @njit(nogil=True, cache=True)
-def verify_raw_words(keybuf, frames, out, ok):
+def verify_raw_words(keybuf, frames, out, dest, ok):
     """Check and copy fixed-width raw frames in one pass (the disk tier's cold reads).
 
     Frame ``i`` is row ``i`` of ``frames`` (little-endian uint32 words): the payload,
     ``out.shape[1]`` words (an even number), then the CRC-32 of (key ``i``, payload), key
-    ``i`` being ``keybuf[8*i:8*i+8]``. ``out[i]`` := the payload, ``ok[i]`` := its CRC
+    ``i`` being ``keybuf[8*i:8*i+8]``. ``out[dest[i]]`` := the payload, ``ok[i]`` := its CRC
     matched. Rows go four at a time: each CRC is a chain of dependent table loads, and four
     chains side by side keep the core busy (61,000 256-byte rows: 5 ms, 7 with two chains, 15
     for ``verify_frames`` then ``decode_raw_rows``)."""
-    n, w = out.shape
+    n = frames.shape[0]
+    w = out.shape[1]
     inv = np.uint32(0xFFFFFFFF)
     p = 0
     while p + 4 <= n:
@@ -173,12 +174,12 @@ def verify_raw_words(keybuf, frames, out, ok):
         ok[p + 2] = frames[p + 2, w] == c ^ inv
         ok[p + 3] = frames[p + 3, w] == d ^ inv
         for q in range(p, p + 4):
-            out[q, :] = frames[q, :w]
+            out[dest[q], :] = frames[q, :w]
         p += 4
     while p < n:
         a = crc32_update(0, keybuf, 8 * p, 8 * p + 8) ^ inv
         for k in range(0, w, 2):
             a = _slice8(a, frames[p, k], frames[p, k + 1])
         ok[p] = frames[p, w] == a ^ inv
-        out[p, :] = frames[p, :w]
+        out[dest[p], :] = frames[p, :w]
         p += 1
