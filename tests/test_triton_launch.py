@@ -51,3 +51,17 @@ def test_kernels_are_kept_apart():
     launch(b, compiled, (1, 1, 1), (2,), {})
     launch(a, compiled, (1, 1, 1), (3,), {})
     assert [c[0] for c in a.calls] == ["jit", "compiled"] and [c[0] for c in b.calls] == ["jit"]
+
+
+def test_blocks_over_ids_take_the_compiled_kernel_only_where_allowed():
+    from types import SimpleNamespace
+
+    from tierstore.tiers.triton_lookup import BLOCK_IDS, _over_ids
+
+    triton = SimpleNamespace(cdiv=lambda a, b: -(-a // b), next_power_of_2=lambda d: 1 << (d - 1).bit_length())
+    kernel, compiled = Jit(), {}
+    for fast in (True, True, False):
+        _over_ids(triton, kernel, compiled, 3 * BLOCK_IDS + 1, 12, ("ids",), fast)
+    assert kernel.calls == [("jit", (4, 1, 1), ("ids",), {"BLOCK": BLOCK_IDS, "DIM": 16}),
+                            ("compiled", (4, 1, 1), ("ids", BLOCK_IDS, 16)),
+                            ("jit", (4, 1, 1), ("ids",), {"BLOCK": BLOCK_IDS, "DIM": 16})]

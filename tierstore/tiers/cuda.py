@@ -246,8 +246,7 @@ class CudaMemory(DeviceLookupTier):
         self.launch = threading.Lock()   # a lookup's kernels and a commit's never interleave
         self._writes = []                # (slots, rows) buffered until commit
         self._index_dirty = False
-        self._committed = None           # event: the last commit's writes are done (for the host)
-        self._last_commit = torch.cuda.Event()   # the same, for lookups (at first: the slabs made)
+        self._last_commit = torch.cuda.Event()   # the last commit's writes done (at first: the slabs made)
         self._last_commit.record(self.stream)
         self._commits = 1
         self._seen = {}                  # stream handle -> commits its lookups have waited for
@@ -396,9 +395,7 @@ class CudaMemory(DeviceLookupTier):
     def read(self, slots: np.ndarray) -> np.ndarray:
         """Rows of ``slots`` as last committed: from the shadow and the RAM slab (no copy from
         the GPU). Within a round, rows written but not committed are not seen in RAM slots."""
-        if self._committed is not None:
-            self._committed.synchronize()
-            self._committed = None
+        self._last_commit.synchronize()
         slots = np.asarray(slots, dtype=np.int64)
         out = np.empty((len(slots), self.dim), dtype=self.dtype)
         gather_tiered(words(self.shadow), words(self.ram), self.device_rows, slots, words(out))
@@ -466,8 +463,8 @@ class CudaMemory(DeviceLookupTier):
             if self._index_dirty:
                 self.index.load(cleared, *tensors)
             self.uploader.release(packed)
-            self._committed = self._last_commit = torch.cuda.Event()
-            self._committed.record(self.stream)
+            self._last_commit = torch.cuda.Event()
+            self._last_commit.record(self.stream)
             self._commits += 1
         self._writes = []
         self._index_dirty = False

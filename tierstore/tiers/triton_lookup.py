@@ -147,6 +147,17 @@ def launch(kernel, compiled: dict, grid, args: tuple, constexprs: dict):
         compiled[kernel] = made if hasattr(made, "__getitem__") else False
 
 
+def _over_ids(triton, kernel, compiled: dict | None, n: int, dim: int, args: tuple, fast: bool):
+    """``kernel`` over ``n`` items in blocks of ``BLOCK_IDS``: through :func:`launch` where
+    ``fast`` (the arguments are of the kinds the compiled kernel assumes), else Triton's own."""
+    constexprs = {"BLOCK": BLOCK_IDS, "DIM": triton.next_power_of_2(dim)}
+    grid = (triton.cdiv(n, BLOCK_IDS), 1, 1)     # the compiled kernel takes all three
+    if fast and compiled is not None:
+        launch(kernel, compiled, grid, args, constexprs)
+    else:
+        kernel[grid](*args, **constexprs)
+
+
 def lookup(ids, keys, vals, rounds: int, slab, ram: HostPointer, device_rows: int, out, scratch,
            sample_start: int, sample_stride: int, logged: int, compiled: dict | None = None):
     """Rows of the int64 CUDA tensor ``ids`` into ``out`` (``len(ids) x dim``), on the current
@@ -163,12 +174,8 @@ def lookup(ids, keys, vals, rounds: int, slab, ram: HostPointer, device_rows: in
         ids = ids.clone()
     args = (ids, keys, vals, slab, ram, out, scratch, n, len(keys) - 1, rounds, device_rows, dim,
             (len(scratch) - 1 - logged) // 2, M1, M2, sample_start, sample_stride, logged)
-    constexprs = {"BLOCK": BLOCK_IDS, "DIM": triton.next_power_of_2(dim)}
-    grid = (triton.cdiv(n, BLOCK_IDS), 1, 1)     # the compiled kernel takes all three
-    if compiled is None or len(scratch) >= 1 << 31:   # counts past int32 compile another kernel
-        kernel[grid](*args, **constexprs)
-    else:
-        launch(kernel, compiled, grid, args, constexprs)
+    # counts past int32 would compile another kernel
+    _over_ids(triton, kernel, compiled, n, dim, args, len(scratch) < 1 << 31)
 
 
 def _aligned(*tensors) -> bool:
@@ -182,13 +189,8 @@ def scatter_rows(rows, positions, which, out, compiled: dict | None = None):
     n, dim = len(positions), out.shape[1]
     if n == 0:
         return
-    args = (rows, positions, which, out, n, dim)
-    constexprs = {"BLOCK": BLOCK_IDS, "DIM": triton.next_power_of_2(dim)}
-    grid = (triton.cdiv(n, BLOCK_IDS), 1, 1)     # the compiled kernel takes all three
-    if compiled is None or n >= 1 << 31 or not _aligned(rows, positions, which, out):
-        kernel[grid](*args, **constexprs)
-    else:
-        launch(kernel, compiled, grid, args, constexprs)
+    _over_ids(triton, kernel, compiled, n, dim, (rows, positions, which, out, n, dim),
+              n < 1 << 31 and _aligned(rows, positions, which, out))
 
 
 def write_rows(slots, rows, slab, ram: HostPointer, device_rows: int, compiled: dict | None = None):
@@ -198,10 +200,5 @@ def write_rows(slots, rows, slab, ram: HostPointer, device_rows: int, compiled: 
     n, dim = len(slots), rows.shape[1]
     if n == 0:
         return
-    args = (slots, rows, slab, ram, n, device_rows, dim)
-    constexprs = {"BLOCK": BLOCK_IDS, "DIM": triton.next_power_of_2(dim)}
-    grid = (triton.cdiv(n, BLOCK_IDS), 1, 1)     # the compiled kernel takes all three
-    if compiled is None or n >= 1 << 31 or not _aligned(slots, rows):
-        kernel[grid](*args, **constexprs)
-    else:
-        launch(kernel, compiled, grid, args, constexprs)
+    _over_ids(triton, kernel, compiled, n, dim, (slots, rows, slab, ram, n, device_rows, dim),
+              n < 1 << 31 and _aligned(slots, rows))
