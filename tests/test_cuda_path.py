@@ -261,3 +261,23 @@ def test_ids_at_any_alignment(tmp_path):
         for start in range(4):      # views 8 bytes apart: half of them not 16-byte aligned
             np.testing.assert_array_equal(store.lookup(ids[start:]).cpu().numpy(),
                                           table[ids[start:].cpu().numpy()])
+
+
+def test_a_lookup_ahead_waits_for_ids_still_being_made(tmp_path):
+    """A lookup ahead must read its ids as the caller's stream leaves them, not as they were
+    when it was issued (the caller's stream is still busy making them)."""
+    table = np.random.default_rng(13).normal(size=(500, 4)).astype(np.float32)
+    with _store(tmp_path, table, device_rows=64, ram_rows=128) as store:
+        want = zipf_ids(500, 1.0, 4096, seed=5)
+        store.lookup(torch.as_tensor(want, device="cuda"))      # rows resident, kernels built
+        torch.cuda.synchronize()
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            ids = torch.zeros(4096, dtype=torch.int64, device="cuda")
+            torch.cuda._sleep(20_000_000)          # the caller's stream is busy for a while
+            ids.copy_(torch.as_tensor(want).to("cuda", non_blocking=True))
+            handle = store.lookup_async(ids)
+            assert handle.future is not None
+            out = handle.result()
+        stream.synchronize()
+        np.testing.assert_array_equal(out.cpu().numpy(), table[want])

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tiers._torch import torch_module
+from .tiers._torch import torch_dtype, torch_module
 
 torch = torch_module()
 dist = torch.distributed
@@ -432,10 +432,6 @@ def _done_handle(rows_read: int = 0) -> PrefetchHandle:
     return PrefetchHandle(future)
 
 
-def _torch_dtype(np_dtype):
-    return torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
-
-
 # -- the store -------------------------------------------------------------------------------
 class _Caught:
     """``with caught:`` keeps the first error of a step every rank must get past, so that
@@ -483,7 +479,7 @@ class ShardedStore(TableStore):
         self.path = local.path  # this rank's shard: per-rank siblings (optimizer state) go beside it
         self.device = (torch.device(self.config.device) if self.config.device != "cpu"
                        else comm.device)
-        self._torch_dtype = _torch_dtype(self.dtype)
+        self._torch_dtype = torch_dtype(self.dtype)
         self._lock = threading.RLock()
         self._closed = False
         self._requests = {"lookups": 0, "ids": 0, "unique_ids": 0}

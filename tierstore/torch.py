@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tiers._torch import torch_module
+from .tiers._torch import torch_dtype, torch_module
 
 torch = torch_module()
 nn = torch.nn
@@ -66,10 +66,6 @@ __all__ = [
 
 _STATE_FORMAT = "tierstore.torch.TieredEmbedding/1"
 MAX_LOOKUPS_AHEAD = 4     # prefetched lookups a module keeps for its coming forwards
-
-
-def _torch_dtype(np_dtype):
-    return torch.from_numpy(np.empty(0, dtype=np_dtype)).dtype
 
 
 def batch_key(batch):
@@ -148,7 +144,7 @@ class TieredEmbedding(nn.Module):
                 raise ConfigError(f"padding_idx must be within num_embeddings ({store.num_rows})")
         self.padding_idx = padding_idx
         # an empty buffer that follows .to(device) / .half(): the output's device and dtype
-        self.register_buffer("_probe", torch.empty(0, dtype=dtype or _torch_dtype(store.dtype)),
+        self.register_buffer("_probe", torch.empty(0, dtype=dtype or torch_dtype(store.dtype)),
                              persistent=False)
         self._records: list[_Record] = []
         self._ahead = []      # (batch_key(ids), handle) of lookups started by prefetch, oldest first
@@ -208,7 +204,7 @@ class TieredEmbedding(nn.Module):
             return None
         grads = torch.cat([r.grad for r in done])
         compute = torch.promote_types(torch.promote_types(grads.dtype, torch.float32),
-                                      _torch_dtype(self.store.dtype))
+                                      torch_dtype(self.store.dtype))
         dev = grads.device
         ids = torch.cat([r.ids for r in done])
         rows = torch.cat([r.rows.to(dev) for r in done])

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..kernels.batch import dedupe_last, gather_tiered
-from ._torch import torch_module
+from ._torch import torch_dtype, torch_module
 from .base import DeviceLookupTier, MissedRows
 from .gpu_index import GpuIndex
 from .memory import words
@@ -76,9 +76,9 @@ class Uploader:
 
     ``pack(specs)`` (``specs``: ``(numpy dtype, shape)`` pairs) takes a free pinned
     slot and gives numpy views of it to fill, on any thread and without a lock
-    that lookups take; ``send(packed)`` copies them all in one non-blocking copy on
-    the current stream, the one whose work reads them, and gives the CUDA tensors;
-    ``release(packed)``, once that work is issued, frees the slot. A slot is reused
+    that lookups take; ``send(packed, stream)`` copies them all in one non-blocking copy
+    on ``stream``, the one whose work reads them (and the current one), and gives the
+    CUDA tensors; ``release(packed, stream)``, once that work is issued, frees the slot. A slot is reused
     once its last copy has left it and, on the GPU, once its last readers are done.
     """
 
@@ -124,21 +124,19 @@ class Uploader:
         views = [slot.host_np[o:o + n].view(dt).reshape(shape) for o, n, dt, shape in layout]
         return Packed(slot, layout, total, views)
 
-    def send(self, packed: Packed):
-        torch = self.torch
+    def send(self, packed: Packed, stream):
         slot, total = packed.slot, packed.total
-        current = torch.cuda.current_stream(self.device)
         if total:
-            current.wait_event(slot.consumed)   # the last reader of ``dev``, maybe on another stream
+            stream.wait_event(slot.consumed)   # the last reader of ``dev``, maybe on another stream
             slot.dev[:total].copy_(slot.host[:total], non_blocking=True)
-            slot.copied.record(current)
+            slot.copied.record(stream)
             self.bytes_sent += total
             self.copies += 1
-        return [slot.dev[o:o + n].view(_torch_dtype(torch, dt)).view(shape)
+        return [slot.dev[o:o + n].view(torch_dtype(dt)).view(shape)
                 for o, n, dt, shape in packed.layout]
 
-    def release(self, packed: Packed):
-        packed.slot.consumed.record(self.torch.cuda.current_stream(self.device))
+    def release(self, packed: Packed, stream):
+        packed.slot.consumed.record(stream)
         with self._lock:
             self._free.append(packed.slot)
 
@@ -148,10 +146,6 @@ class Uploader:
         for view, a in zip(packed.views, arrays):
             view[...] = a
         return packed
-
-
-def _torch_dtype(torch, dtype):
-    return getattr(torch, np.dtype(dtype).name)
 
 
 def log_sample(n: int, turn: int) -> tuple[int, int]:
@@ -230,7 +224,7 @@ class CudaMemory(DeviceLookupTier):
         self.ram_rows = ram_rows
         self.dim = dim
         self.dtype = np.dtype(dtype)
-        self._tdtype = _torch_dtype(torch, self.dtype)
+        self._tdtype = torch_dtype(self.dtype)
         self.stream = torch.cuda.Stream(device=self.device_name)
         with torch.cuda.stream(self.stream), torch.inference_mode(False):   # all slab work: here
             # one row at least: Triton needs a valid pointer even where a tier holds no rows
@@ -307,7 +301,7 @@ class CudaMemory(DeviceLookupTier):
                 flat = ids.ids.reshape(-1)
             else:
                 packed = self.uploader.pack_arrays([ids.reshape(-1)])
-                (flat,) = self.uploader.send(packed)
+                (flat,) = self.uploader.send(packed, current)
             out = torch.empty((n, self.dim), dtype=self._tdtype, device=self.device_name)
             scratch = torch.zeros(1 + logged + 2 * n, dtype=torch.int64, device=self.device_name)
             triton_lookup(flat, self.index.dev_keys, self.index.dev_vals, self.index.rounds,
@@ -319,7 +313,7 @@ class CudaMemory(DeviceLookupTier):
             copied.record(current)
             self._issued[key] = copied
             if packed is not None:
-                self.uploader.release(packed)
+                self.uploader.release(packed, current)
         return Pending(out, shape, current, scratch, host, copied, logged, stride)
 
     def wait_listed(self, pending: Pending) -> bool:
@@ -368,9 +362,9 @@ class CudaMemory(DeviceLookupTier):
                                                                     missed.which)
             missed = mine
         with torch.cuda.stream(pending.stream):
-            rows, positions, which = self.uploader.send(missed.packed)
+            rows, positions, which = self.uploader.send(missed.packed, pending.stream)
             scatter_rows(rows, positions, which, pending.out, self._kernels)
-            self.uploader.release(missed.packed)
+            self.uploader.release(missed.packed, pending.stream)
         pending.filled = True
 
     def ready(self, pending: Pending) -> Ready:
@@ -455,14 +449,14 @@ class CudaMemory(DeviceLookupTier):
             for looked_up in self._issued.values():   # the lookups issued before it are done
                 self.stream.wait_event(looked_up)
             self._issued.clear()
-            tensors = self.uploader.send(packed)
+            tensors = self.uploader.send(packed, self.stream)
             if self._writes:
                 write_rows(tensors[0], tensors[1], self.slab, self._ram_pointer, self.device_rows,
                            self._kernels)
                 tensors = tensors[2:]
             if self._index_dirty:
                 self.index.load(cleared, *tensors)
-            self.uploader.release(packed)
+            self.uploader.release(packed, self.stream)
             self._last_commit = torch.cuda.Event()
             self._last_commit.record(self.stream)
             self._commits += 1
