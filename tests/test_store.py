@@ -46,6 +46,20 @@ def test_rows_equal_to_constant_init_are_not_stored(tmp_path):
         np.testing.assert_array_equal(s.lookup([1, 2])[:, 0], [2.0, 3.0])
 
 
+def test_a_read_whose_later_rows_have_no_record(tmp_path):
+    """Raw rows go to the frames buffer a run of gets at a time; a row without a record in a
+    later run turns the frames read so far back into values for the general path."""
+    rows = np.random.default_rng(0).standard_normal((5000, 64)).astype(np.float16)
+    rows[4500] = 0.0
+    config = ts.StoreConfig(device_rows=16, ram_rows=16)
+    with ts.create(tmp_path / "s", 5000, 64, "float16", init=0.0, config=config) as s:
+        s.update(np.arange(5000), rows)
+        s.flush()
+        assert s.disk.stored_rows() == 4999
+    with ts.open(tmp_path / "s", config=config) as s:
+        np.testing.assert_array_equal(s.lookup(np.arange(5000)), rows)
+
+
 def test_flush_is_durable_across_processes(tmp_path):
     import subprocess
     import sys

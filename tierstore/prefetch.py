@@ -18,6 +18,9 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from .kernels.staging import take_staged
+from .tiers.memory import words
+
 
 class PrefetchHandle:
     """A prefetch in flight. ``wait()`` blocks until its rows are staged and returns
@@ -157,17 +160,16 @@ class Staging:
         each id (the oldest), as a prefetch stages its own copy of rows staged before it for
         its lookup, which the planning of an earlier lookup must leave there."""
         found = np.zeros(len(ids), dtype=bool)
+        if not self._chunks or not len(ids):
+            return found
+        ids = np.asarray(ids, dtype=np.int64)
+        if out is None:
+            out, positions = words(self._chunks[0][1])[:0], np.empty(0, dtype=np.int64)
+        else:
+            out, positions = words(out), np.asarray(positions, dtype=np.int64)
         for chunk in self._chunks:
-            chunk_ids, chunk_rows, live = chunk[0], chunk[1], chunk[2]
-            where = np.minimum(np.searchsorted(chunk_ids, ids), len(chunk_ids) - 1)
-            hit = (chunk_ids[where] == ids) & live[where] & ~found
-            if out is not None:
-                out[positions[hit]] = chunk_rows[where[hit]]
-            found |= hit
-            if not keep:
-                gone = where[hit]
-                live[gone] = False
-                chunk[3] -= len(gone)
+            chunk[3] -= take_staged(chunk[0], words(chunk[1]), chunk[2], ids, out, positions,
+                                    found, keep)
         if not keep:
             self._compact()
         return found
