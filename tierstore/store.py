@@ -209,8 +209,10 @@ class Store(TableStore):
         Ids are checked now (bad ones raise here). The lookup reads the rows as they
         are now: ``update``, ``flush``, ``refresh`` and ``close`` first wait for the
         async lookups started before them. Its host work (planning, disk reads,
-        packing) runs beside the caller; on a CUDA store its copy and gather run on
-        the tier's stream, and ``result()`` hands the tensor to the caller's stream.
+        packing) runs beside the caller; on a CUDA store its gather is queued at once on
+        the caller's stream (ahead of the work that will use it) and its misses are read
+        by the worker as soon as the GPU lists them; ``result()`` gives the tensor, ready
+        on the current stream.
         ``handle.stale`` turns true once an update writes one of its rows: the
         result then holds rows older than the store's.
         """
