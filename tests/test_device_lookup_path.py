@@ -95,29 +95,38 @@ def test_a_sampled_log_hits_as_often_and_counts_every_lookup(host_indexed, monke
 
 def test_a_lookup_ahead_is_finished_by_the_worker_only_when_it_missed(host_indexed, tmp_path):
     """A lookup ahead that missed nothing is left to ``result()`` (or to the next update,
-    flush or close), never lost; one with misses is finished by the worker, its rows read."""
+    flush or close), never lost; one with misses is finished by the worker, its rows read.
+    After a lookup that missed nothing, the next lookup ahead is not given to the worker at
+    all: if it misses, ``result()`` reads its rows, and the lookups after it go to the
+    worker again."""
     table = np.arange(64, dtype=np.float32).reshape(16, 4)
     with ts.create(tmp_path / "s", 16, 4, "float32", init=table,
                    config=ts.StoreConfig(device_rows=4, ram_rows=4)) as store:
         store.lookup(np.array([1, 2]))
         counted = store.stats()["indexed_lookup"]["ids"]
-        hit = store.lookup_async(np.array([1, 2, 2]))
+        hit = store.lookup_async(np.array([1, 2, 2]))        # after a miss: the worker looks
         hit.future.result()
         assert store.stats()["indexed_lookup"]["ids"] == counted      # the worker left it
         np.testing.assert_array_equal(hit.result(), table[[1, 2, 2]])
         assert store.stats()["indexed_lookup"]["ids"] == counted + 3
 
         through_host = store.stats()["indexed_lookup"]["through_host"]
-        missed = store.lookup_async(np.array([7, 1]))
-        missed.future.result()
+        unasked = store.lookup_async(np.array([7, 1]))       # after a hit: no worker task
+        assert unasked.future.done()
+        assert store.stats()["indexed_lookup"]["through_host"] == through_host
+        np.testing.assert_array_equal(unasked.result(), table[[7, 1]])   # read by result()
         assert store.stats()["indexed_lookup"]["through_host"] == through_host + 1
-        assert store.stats()["indexed_lookup"]["ids"] == counted + 5   # finished by the worker
-        np.testing.assert_array_equal(missed.result(), table[[7, 1]])
+
+        missed = store.lookup_async(np.array([9, 1]))        # after a miss: the worker again
+        missed.future.result()
+        assert store.stats()["indexed_lookup"]["through_host"] == through_host + 2
+        assert store.stats()["indexed_lookup"]["ids"] == counted + 7   # finished by the worker
+        np.testing.assert_array_equal(missed.result(), table[[9, 1]])
 
         never_asked = store.lookup_async(np.array([1]))
         never_asked.future.result()
         store.update(np.array([3]), np.full((1, 4), -1, dtype=np.float32))
-        assert store.stats()["indexed_lookup"]["ids"] == counted + 6   # the update finished it
+        assert store.stats()["indexed_lookup"]["ids"] == counted + 8   # the update finished it
         np.testing.assert_array_equal(never_asked.result(), table[[1]])
 
 

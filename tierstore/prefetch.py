@@ -38,6 +38,10 @@ class PrefetchHandle:
     result = wait
 
 
+NOTHING_TO_WAIT_FOR = Future()   # a lookup's worker part that there is no need to run
+NOTHING_TO_WAIT_FOR.set_result(None)
+
+
 class LookupHandle:
     """A lookup running ahead on the store's worker (:meth:`Store.lookup_async`).
 
