@@ -10,10 +10,10 @@ class Compiled:
         self.calls, self.fail = calls, fail
 
     def __getitem__(self, grid):
-        def runner(*args):
+        def runner(*args, stream=None):
             if self.fail:
                 raise TypeError("function takes exactly 9 arguments")
-            self.calls.append(("compiled", grid, args))
+            self.calls.append(("compiled", grid, args) + ((stream,) if stream is not None else ()))
         return runner
 
 
@@ -37,6 +37,15 @@ def test_compiled_once_then_launched_directly():
                             ("compiled", (2, 1, 1), ("ids", 3, 64, 8))]
 
 
+def test_the_callers_stream_goes_to_the_compiled_kernel():
+    kernel, compiled = Jit(), {}
+    launch(kernel, compiled, (4, 1, 1), ("ids", 7), {"BLOCK": 64}, stream=1234)
+    launch(kernel, compiled, (2, 1, 1), ("ids", 3), {"BLOCK": 64}, stream=1234)
+    launch(kernel, compiled, (2, 1, 1), ("ids", 5), {"BLOCK": 64})
+    assert kernel.calls[1:] == [("compiled", (2, 1, 1), ("ids", 3, 64), 1234),
+                                ("compiled", (2, 1, 1), ("ids", 5, 64))]
+
+
 def test_a_compiled_kernel_that_refuses_its_arguments_falls_back_for_good():
     kernel, compiled = Jit(fail=True), {}
     for n in (1, 2, 3):
@@ -54,14 +63,11 @@ def test_kernels_are_kept_apart():
 
 
 def test_blocks_over_ids_take_the_compiled_kernel_only_where_allowed():
-    from types import SimpleNamespace
-
     from tierstore.tiers.triton_lookup import BLOCK_IDS, _over_ids
 
-    triton = SimpleNamespace(cdiv=lambda a, b: -(-a // b), next_power_of_2=lambda d: 1 << (d - 1).bit_length())
     kernel, compiled = Jit(), {}
     for fast in (True, True, False):
-        _over_ids(triton, kernel, compiled, 3 * BLOCK_IDS + 1, 12, ("ids",), fast)
+        _over_ids(kernel, compiled, 3 * BLOCK_IDS + 1, 12, ("ids",), fast)
     assert kernel.calls == [("jit", (4, 1, 1), ("ids",), {"BLOCK": BLOCK_IDS, "DIM": 16}),
                             ("compiled", (4, 1, 1), ("ids", BLOCK_IDS, 16)),
                             ("jit", (4, 1, 1), ("ids",), {"BLOCK": BLOCK_IDS, "DIM": 16})]

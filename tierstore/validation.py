@@ -59,7 +59,10 @@ def check_id_range(ids: np.ndarray, num_rows: int):
 def as_id_tensor(ids, device):
     """Integer ids in a CUDA tensor as int64 on ``device``, left there: their range is checked
     on the host only where they miss the GPU's index, as an id outside the table always does."""
-    if ids.is_floating_point() or ids.is_complex() or str(ids.dtype) == "torch.bool":
+    kind = str(ids.dtype)
+    if kind == "torch.int64" and ids.device == device:
+        return ids          # integer tensors hold no autograd history: nothing to detach
+    if ids.is_floating_point() or ids.is_complex() or kind == "torch.bool":
         raise IdTypeError(f"row ids must be integers, got a tensor of {ids.dtype}")
     return ids.detach().to(device=device).long()
 

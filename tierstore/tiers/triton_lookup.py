@@ -120,11 +120,12 @@ def _kernels():
         tl.store(ram_ptr + (slot - device_rows)[:, None] * dim + cols[None, :], row,
                  mask=on_ram[:, None] & in_row)
 
-    return triton, lookup_kernel, write_kernel, scatter_kernel
+    return lookup_kernel, write_kernel, scatter_kernel
 
 
-def launch(kernel, compiled: dict, grid, args: tuple, constexprs: dict):
-    """``kernel[grid](*args, **constexprs)``; once compiled, through the compiled kernel.
+def launch(kernel, compiled: dict, grid, args: tuple, constexprs: dict, stream: int | None = None):
+    """``kernel[grid](*args, **constexprs)``; once compiled, through the compiled kernel, on
+    ``stream`` (the handle of the current stream, which it then need not look up) if given.
 
     Triton's launch of a ``@jit`` function binds and specializes every argument and
     looks its compiled kernel up again on each call: 33-44 us of host time for the
@@ -138,7 +139,10 @@ def launch(kernel, compiled: dict, grid, args: tuple, constexprs: dict):
     fast = compiled.get(kernel)
     if fast:
         try:
-            fast[grid](*args, *constexprs.values())
+            if stream is None:
+                fast[grid](*args, *constexprs.values())
+            else:
+                fast[grid](*args, *constexprs.values(), stream=stream)
             return
         except TypeError:
             compiled[kernel] = False
@@ -147,35 +151,41 @@ def launch(kernel, compiled: dict, grid, args: tuple, constexprs: dict):
         compiled[kernel] = made if hasattr(made, "__getitem__") else False
 
 
-def _over_ids(triton, kernel, compiled: dict | None, n: int, dim: int, args: tuple, fast: bool):
+def _over_ids(kernel, compiled: dict | None, n: int, dim: int, args: tuple, fast: bool,
+              stream: int | None = None):
     """``kernel`` over ``n`` items in blocks of ``BLOCK_IDS``: through :func:`launch` where
     ``fast`` (the arguments are of the kinds the compiled kernel assumes), else Triton's own."""
-    constexprs = {"BLOCK": BLOCK_IDS, "DIM": triton.next_power_of_2(dim)}
-    grid = (triton.cdiv(n, BLOCK_IDS), 1, 1)     # the compiled kernel takes all three
+    # plain arithmetic: Triton 3.6's cdiv and next_power_of_2 are constexpr functions, whose
+    # host-side call unwraps every argument (two of them a launch)
+    constexprs = {"BLOCK": BLOCK_IDS, "DIM": 1 << (dim - 1).bit_length()}
+    grid = (-(-n // BLOCK_IDS), 1, 1)     # the compiled kernel takes all three
     if fast and compiled is not None:
-        launch(kernel, compiled, grid, args, constexprs)
+        launch(kernel, compiled, grid, args, constexprs, stream)
     else:
         kernel[grid](*args, **constexprs)
 
 
 def lookup(ids, keys, vals, rounds: int, slab, ram: HostPointer, device_rows: int, out, scratch,
-           sample_start: int, sample_stride: int, logged: int, compiled: dict | None = None):
+           sample_start: int, sample_stride: int, logged: int, compiled: dict | None = None,
+           stream: int | None = None):
     """Rows of the int64 CUDA tensor ``ids`` into ``out`` (``len(ids) x dim``), on the current
     stream. ``scratch`` (int64, its first element zeroed by the caller) receives
     ``[count | ids[sample_start::sample_stride] (logged of them) | pos0, id0, pos1, id1, ...]``:
     the ids in neither slab (their rows in ``out`` are zeros), as many pairs as fit.
     ``compiled``: the caller's cache of the compiled kernel (``launch``), for a caller
-    that passes the same slab, RAM slab and index every time."""
-    triton, kernel, _, _ = _kernels()
-    n, dim = len(ids), out.shape[1]
+    that passes the same slab, RAM slab and index every time; ``stream``: the current
+    stream's handle, if the caller has it."""
+    kernel, _, _ = _kernels()
+    # shape[0], not len(): a tensor's __len__ is a Python method, ~1 us a call on the H200's host
+    n, dim, room = ids.shape[0], out.shape[1], scratch.shape[0]
     if n == 0:
         return
     if ids.data_ptr() % 16:            # the compiled kernel reads ids as 16-byte aligned
         ids = ids.clone()
-    args = (ids, keys, vals, slab, ram, out, scratch, n, len(keys) - 1, rounds, device_rows, dim,
-            (len(scratch) - 1 - logged) // 2, M1, M2, sample_start, sample_stride, logged)
+    args = (ids, keys, vals, slab, ram, out, scratch, n, keys.shape[0] - 1, rounds, device_rows,
+            dim, (room - 1 - logged) // 2, M1, M2, sample_start, sample_stride, logged)
     # counts past int32 would compile another kernel
-    _over_ids(triton, kernel, compiled, n, dim, args, len(scratch) < 1 << 31)
+    _over_ids(kernel, compiled, n, dim, args, room < 1 << 31, stream)
 
 
 def _aligned(*tensors) -> bool:
@@ -185,20 +195,20 @@ def _aligned(*tensors) -> bool:
 def scatter_rows(rows, positions, which, out, compiled: dict | None = None):
     """``out[positions[k]] = rows[which[k]]`` (CUDA tensors; int64 indices), on the current
     stream. ``compiled``: as :func:`lookup`'s."""
-    triton, _, _, kernel = _kernels()
+    _, _, kernel = _kernels()
     n, dim = len(positions), out.shape[1]
     if n == 0:
         return
-    _over_ids(triton, kernel, compiled, n, dim, (rows, positions, which, out, n, dim),
+    _over_ids(kernel, compiled, n, dim, (rows, positions, which, out, n, dim),
               n < 1 << 31 and _aligned(rows, positions, which, out))
 
 
 def write_rows(slots, rows, slab, ram: HostPointer, device_rows: int, compiled: dict | None = None):
     """``rows[k]`` into physical slot ``slots[k]`` (int64 CUDA tensors), on the current stream.
     ``compiled``: as :func:`lookup`'s."""
-    triton, _, kernel, _ = _kernels()
+    _, kernel, _ = _kernels()
     n, dim = len(slots), rows.shape[1]
     if n == 0:
         return
-    _over_ids(triton, kernel, compiled, n, dim, (slots, rows, slab, ram, n, device_rows, dim),
+    _over_ids(kernel, compiled, n, dim, (slots, rows, slab, ram, n, device_rows, dim),
               n < 1 << 31 and _aligned(slots, rows))
