@@ -158,3 +158,88 @@ def test_a_submitted_lookup_keeps_its_rows_from_eviction(tmp_path, monkeypatch):
         released.set()
         np.testing.assert_array_equal(handle.result(timeout=10), table[[0, 9]])
         assert s.stats()["disk"]["reads"] == 4 + 1 + 1     # 0-3, then 4, then 9 (0 a hit)
+
+
+# -- the handle's last step, run by the first thread to ask (the GPU path's misses) ---------------
+def _handle_with(finish):
+    from tierstore.prefetch import NOTHING_TO_WAIT_FOR, LookupHandle
+
+    handle = LookupHandle(lambda ready: ready)
+    handle.finish_by_first(lambda: finish(handle))
+    handle.attach(NOTHING_TO_WAIT_FOR)
+    return handle
+
+
+class _SignallingLock:
+    """A lock that says when a thread starts to wait for it."""
+
+    def __init__(self):
+        self.lock, self.waited = threading.Lock(), threading.Event()
+
+    def __enter__(self):
+        if not self.lock.acquire(blocking=False):
+            self.waited.set()
+            self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+def test_the_last_step_runs_once_and_every_asker_returns_after_it():
+    started, release, order = threading.Event(), threading.Event(), []
+
+    def finish(handle):
+        order.append("finish starts")
+        started.set()
+        release.wait()
+        handle.publish("rows", 0)
+        order.append("finish ends")
+
+    handle = _handle_with(finish)
+    handle._claim = claim = _SignallingLock()
+    first = threading.Thread(target=handle.run_finish)
+    first.start()
+    started.wait()
+    results = []
+    second = threading.Thread(target=lambda: results.append(handle.result()))
+    second.start()
+    # result() asked while the step runs: it waits for it (and does not give up without rows)
+    assert claim.waited.wait(timeout=30)
+    release.set()
+    first.join()
+    second.join()
+    order.append("both returned")
+    assert order == ["finish starts", "finish ends", "both returned"]
+    assert results == ["rows"] and handle.result() == "rows"
+
+
+def test_an_error_in_the_last_step_reaches_every_thread_that_asks():
+    calls = []
+
+    def finish(handle):
+        calls.append(1)
+        raise IdOutOfRangeError("row id 9 is outside [0, 5)")
+
+    handle = _handle_with(finish)
+    seen = []
+
+    def worker():
+        try:
+            handle.run_finish()
+        except IdOutOfRangeError as e:
+            seen.append(str(e))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    with pytest.raises(IdOutOfRangeError, match="row id 9"):
+        handle.result()
+    handle.wait_quietly()                 # says nothing, as its callers expect
+    assert calls == [1] and seen == ["row id 9 is outside [0, 5)"]
+
+
+def test_a_handle_with_nothing_to_wait_for_is_done_and_finished_by_result():
+    handle = _handle_with(lambda h: h.publish("rows", 3))
+    assert handle.done()
+    assert handle.wait() == 3 and handle.result() == "rows"

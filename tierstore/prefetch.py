@@ -90,12 +90,13 @@ class LookupHandle:
         """Run the last step here unless another thread has; either way, return once it is
         done (its error raised here too)."""
         with self._claim:                   # a thread running it holds the lock till it is done
-            finish, self._finish = self._finish, None   # it refers to this handle: no cycle kept
-            if finish is not None:
+            if self._finish is not None:    # cleared once done: a thread that finds it set waits
                 try:
-                    finish()
+                    self._finish()
                 except BaseException as e:  # noqa: BLE001  raised to every thread that asks
                     self._error = e
+                finally:
+                    self._finish = None     # it referred to this handle: no cycle kept
         if self._error is not None:
             raise self._error
 
