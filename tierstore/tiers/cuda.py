@@ -163,12 +163,12 @@ def sample_size(n: int, start: int, stride: int) -> int:
 
 
 class Ready:
-    """A lookup's output, the stream it was made on (its handle) and the event that marks it
+    """A lookup's output, the handle of the stream it was made on and the event that marks it
     done there."""
-    __slots__ = ("out", "stream", "event")
+    __slots__ = ("out", "handle", "event")
 
-    def __init__(self, out, stream: int, event):
-        self.out, self.stream, self.event = out, stream, event
+    def __init__(self, out, handle: int, event):
+        self.out, self.handle, self.event = out, handle, event
 
 
 class CallerIds:
@@ -399,7 +399,7 @@ class CudaMemory(DeviceLookupTier):
         """The output of a lookup, made safe to use on the current stream (on the stream it
         was made on, the stream's order does it)."""
         handle, current = self.current_stream()
-        if handle != ready.stream:
+        if handle != ready.handle:
             current.wait_event(ready.event)
             ready.out.record_stream(current)
         return ready.out
